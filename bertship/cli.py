@@ -1,0 +1,123 @@
+"""The `bertship` command: a thin shell over the library. `main(argv) -> exit code`; tests call it directly."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from typing import Sequence
+
+from bertship.runtimes.errors import EXIT_CODES, BackendMissingError, BertshipError
+
+
+def _exit_codes_text() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in sorted(EXIT_CODES.items()))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bertship",
+        description="Export, verify and inspect compressed transformer encoders for ONNX Runtime and OpenVINO.",
+        epilog=_exit_codes_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ex = sub.add_parser("export", help="export a model to a verified artifact (needs the export extra)",
+                        epilog=_exit_codes_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("model", nargs="?", default=None,
+                    help="Hugging Face model folder (default: the bundled all-MiniLM-L6-v2)")
+    ex.add_argument("--out", required=True, help="artifact directory to write (refused if it exists, unless --force)")
+    ex.add_argument("--task", default=None,
+                    help="feature-extraction, sentence-embedding, sequence-classification, token-classification or "
+                         "question-answering (default: from the checkpoint)")
+    ex.add_argument("--backends", default="onnxruntime,openvino", help="comma-separated (default: %(default)s)")
+    ex.add_argument("--max-length", type=int, default=None, help="longest sequence accepted (default: the model's)")
+    ex.add_argument("--pooling", default=None, help="sentence-embedding pooling: mean, cls or max")
+    ex.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                    help="L2-normalize sentence embeddings inside the graph")
+    ex.add_argument("--threads", type=int, default=None, help="threads for the verification runs")
+    ex.add_argument("--force", action="store_true", help="replace an existing artifact at --out")
+    ex.add_argument("--allow-pickle", action="store_true",
+                    help="accept pytorch_model.bin weights (loading a pickle runs code: only for files you trust)")
+
+    ve = sub.add_parser("verify", help="re-check an artifact's checksums and outputs on this machine (torch-free)")
+    ve.add_argument("artifact")
+    ve.add_argument("--backends", default=None, help="comma-separated (default: every backend in the artifact)")
+    ve.add_argument("--threads", type=int, default=None)
+    ve.add_argument("--json", action="store_true", help="print the fidelity report as JSON")
+
+    ins = sub.add_parser("inspect", help="show what an artifact holds (torch-free)")
+    ins.add_argument("artifact")
+    ins.add_argument("--json", action="store_true", help="print the manifest")
+    return parser
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        raise BackendMissingError("export needs torch and transformers — pip install 'bertship[export]'")
+    from bertship.exporter import export
+
+    export(args.model, out=args.out, task=args.task, backends=args.backends, force=args.force,
+           allow_pickle=args.allow_pickle, max_length=args.max_length, pooling=args.pooling,
+           normalize=args.normalize, threads=args.threads)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from bertship.runtimes import backends, verify
+
+    names = list(backends.parse_backends(args.backends)) if args.backends else None
+    report = verify(args.artifact, backends=names, threads=args.threads)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, rep in report.items():
+            worst = max(o["max_abs_diff"] for o in rep["outputs"])
+            cos = min(o["cosine_min"] for o in rep["outputs"])
+            print(f"{name:<12} ok  precision {rep['precision']:<5} max|diff| {worst:.2e}  min cosine {cos:.7f}")
+        print(f"verified {args.artifact}: checksums, tokenizer and {len(report)} backend(s) match the golden outputs")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bertship.runtimes import artifact
+    from bertship.runtimes.inspect import describe
+
+    manifest = artifact.read_manifest(args.artifact)
+    print(json.dumps(manifest, indent=2) if args.json else describe(manifest, Path(args.artifact)))
+    return 0
+
+
+COMMANDS = {"export": _cmd_export, "verify": _cmd_verify, "inspect": _cmd_inspect}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one bertship command; return its exit code (documented in --help and README)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage and 0 on --help
+        return int(exc.code or 0)
+    try:
+        return COMMANDS[args.command](args)
+    except BertshipError as exc:
+        print(f"bertship: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("bertship: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so, keep exit code 1 distinct from the documented ones
+        if args.debug:
+            raise
+        print(f"bertship: internal error: {type(exc).__name__}: {exc} — re-run with --debug and report it",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

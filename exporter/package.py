@@ -1,0 +1,115 @@
+"""Package stage: golden file, manifest, report, and the atomic move of the staged directory into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import bertship
+from bertship.profiles import cpu_info
+from bertship.runtimes import artifact
+from bertship.runtimes.errors import UsageError
+
+PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "openvino", "numpy")
+
+
+def environment() -> dict[str, Any]:
+    """Where the artifact was made: package versions, Python, OS, CPU model and ISA flags."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": platform.python_version(), "os": platform.platform(), "cpu": cpu_info(), "packages": versions}
+
+
+def write_golden(staging: Path, texts: list[str], pairs: list[str] | None, feeds, refs) -> dict[str, Any]:
+    """golden.npz: the texts, each batch's inputs and PyTorch's outputs on them (plain arrays, loadable without pickle)."""
+    arrays: dict[str, np.ndarray] = {"texts": np.array(texts, dtype=np.str_)}
+    if pairs is not None:
+        arrays["pairs"] = np.array(pairs, dtype=np.str_)
+    for b, (feed, ref) in enumerate(zip(feeds, refs)):
+        arrays.update({f"b{b}.{k}": v for k, v in feed.items()})
+        arrays.update({f"b{b}.ref.{k}": v for k, v in ref.items()})
+    np.savez_compressed(staging / artifact.GOLDEN, **arrays)
+    return {"file": artifact.GOLDEN, "batches": len(feeds), "texts": len(texts), "reference": "pytorch fp32"}
+
+
+def write_manifest(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add every staged file with size and sha256, then write manifest.json last."""
+    manifest = dict(manifest, files=artifact.file_entries(staging))
+    (staging / artifact.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return manifest
+
+
+def base_manifest(source, backends: dict[str, Any], tokenizer: dict[str, Any], tolerance: dict[str, float]) -> dict[str, Any]:
+    """Everything the manifest says about the model, before fidelity, golden data, timings and files are known."""
+    config = json.loads(source.model.config.to_json_string())
+    task: dict[str, Any] = {"name": source.task.name}
+    if source.task.name == "sentence-embedding":
+        task.update(pooling=source.pooling, normalize=source.normalize)
+    if source.task.outputs[0].argmax == "labels":
+        task["id2label"] = {str(k): v for k, v in (config.get("id2label") or {}).items()}
+    return {
+        "format_version": artifact.FORMAT_VERSION,
+        "bertship_version": bertship.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": {**source.info, "family": source.family.name, "config": config},
+        "task": task,
+        "recipe": {"name": "fp32"},
+        "signature": {
+            "inputs": [{"name": n, "dtype": "int64", "axes": ["batch", "sequence"]} for n in source.family.inputs],
+            "outputs": [dict(o.as_dict(), dtype="float32") for o in source.task.outputs],
+        },
+        "tokenizer": tokenizer,
+        "backends": backends,
+        "fidelity": {"tolerance": tolerance},
+        "environment": environment(),
+    }
+
+
+def write_report(staging: Path, manifest: dict[str, Any]) -> None:
+    """report.md: the manifest's main facts for a person."""
+    from bertship.runtimes.inspect import describe
+
+    (staging / artifact.REPORT).write_text(describe(manifest, staging), encoding="utf-8")
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an existing --out unless forced, before any work is done."""
+    if out.exists() and not force:
+        raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
+    if out.exists() and not (out / artifact.MANIFEST).is_file() and any(out.iterdir()):
+        raise UsageError(f"{str(out)!r} is a non-empty directory that is not a bertship artifact — choose another --out")
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh temporary directory beside --out (same filesystem, so the final rename is atomic)."""
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move the finished staging directory to --out; an artifact already there is replaced only after that works."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    os.rename(out, old)
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,80 @@
+"""Export stage: the PyTorch model (with the task's pooling, if any) becomes one ONNX graph with dynamic axes."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .load import Source
+
+OPSET = 17
+
+
+def graph_module(source: Source):
+    """The torch.nn.Module that is exported and that produces the reference outputs: model + task outputs."""
+    import torch
+
+    class ExportGraph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = source.model
+
+        def forward(self, *args):
+            feeds = dict(zip(source.family.inputs, args))
+            out = self.model(**feeds, return_dict=True)
+            if source.task.name != "sentence-embedding":
+                return tuple(out[o.name] for o in source.task.outputs)
+            return pool(out[0], feeds["attention_mask"], source.pooling, source.normalize)
+
+    return ExportGraph().eval()
+
+
+def pool(hidden, mask, mode: str, normalize: bool):
+    """Sentence-transformers' pooling over real tokens, then optional L2 normalization, written in torch ops."""
+    import torch
+
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "mean":
+        emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    elif mode == "max":
+        emb = hidden.masked_fill(m == 0, -1e9).max(1).values
+    else:  # cls
+        emb = hidden[:, 0]
+    return torch.nn.functional.normalize(emb, p=2.0, dim=1) if normalize else emb
+
+
+def to_onnx(source: Source, feeds: dict[str, np.ndarray], path: Path) -> Path:
+    """Trace the graph module on sample feeds and write an ONNX file whose batch and sequence axes are dynamic."""
+    import onnx
+    import torch
+
+    module = graph_module(source)
+    args = tuple(torch.from_numpy(feeds[name]) for name in source.family.inputs)
+    output_names = [o.name for o in source.task.outputs]
+    axes = {name: {0: "batch", 1: "sequence"} for name in source.family.inputs}
+    for o in source.task.outputs:
+        axes[o.name] = {i: a for i, a in enumerate(o.axes) if a in ("batch", "sequence")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # The TorchScript exporter announces its own deprecation and traces Python branches on shapes; both are
+        # expected here, and parity is checked afterwards on other batch and sequence sizes.
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(
+                module, args, str(path),
+                input_names=list(source.family.inputs), output_names=output_names, dynamic_axes=axes,
+                opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            )
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def to_openvino(onnx_path: Path, xml_path: Path) -> Path:
+    """Convert the ONNX graph to an OpenVINO IR with fp32 weights (OpenVINO would compress them to fp16 by default)."""
+    import openvino as ov
+
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    return xml_path

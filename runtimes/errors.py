@@ -1,0 +1,62 @@
+"""Typed errors shared by every part of bertship; the CLI maps each class to its exit code.
+
+Every message is one line that names the problem and the fix. Torch-free, so an app embedding the runtime can catch
+them without the exporter installed.
+"""
+
+from __future__ import annotations
+
+
+class BertshipError(Exception):
+    """Base class; `exit_code` is what the `bertship` command returns for it."""
+
+    exit_code = 1
+
+
+class UsageError(BertshipError):
+    """Raised for a bad argument: unknown family, task, backend or option value, an --out that exists, a bad input."""
+
+    exit_code = 2
+
+
+class SourceError(BertshipError):
+    """Raised when the model to export cannot be used: missing folder, no or corrupt weights, pickle-only weights,
+    remote code, a task whose head the checkpoint does not carry."""
+
+    exit_code = 3
+
+
+class FidelityError(BertshipError):
+    """Raised when a backend's outputs differ from the reference beyond the family's tolerance; lists every failure."""
+
+    exit_code = 4
+
+    def __init__(self, failures: list[str]):
+        self.failures = list(failures)
+        super().__init__(
+            f"{len(self.failures)} output check(s) failed: " + "; ".join(self.failures)
+            + " — the artifact was not written; report the model family and these numbers"
+        )
+
+
+class ArtifactError(BertshipError):
+    """Raised when an artifact cannot be trusted or read: missing, changed or truncated file, unknown format version."""
+
+    exit_code = 5
+
+
+class BackendMissingError(BertshipError):
+    """Raised when a backend (or the exporter) is asked for but its Python package is not installed."""
+
+    exit_code = 6
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "unexpected internal error (a bug: please report it with the traceback from --debug)",
+    UsageError.exit_code: "bad usage: unknown option value, family, task or backend; --out exists without --force",
+    SourceError.exit_code: "the source model cannot be used (missing, corrupt, pickle-only, remote code, head missing)",
+    FidelityError.exit_code: "fidelity gate failed: a backend's outputs differ from the reference beyond tolerance",
+    ArtifactError.exit_code: "artifact integrity: a file is missing or changed, or the format version is unknown",
+    BackendMissingError.exit_code: "a backend or the exporter is not installed (the message names the extra)",
+}

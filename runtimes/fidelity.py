@@ -1,0 +1,105 @@
+"""Output comparison shared by the export gate and `verify`: numpy only, so any machine can re-check an artifact.
+
+Each output of the signature says which axes it has; positions past a sample's attention mask are excluded, since
+padding positions carry no meaning and differ legitimately between runtimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Limits one output must meet: max |diff| on valid positions, minimum per-sample cosine, argmax agreement."""
+
+    max_abs_diff: float
+    min_cosine: float
+    min_argmax_agreement: float = 1.0
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """What one output of one backend measured against the reference, and whether it passed."""
+
+    output: str
+    max_abs_diff: float
+    cosine_min: float
+    cosine_mean: float
+    argmax_agreement: float | None  # None when the output has no argmax meaning, or nothing was decisive
+    decisive: int  # positions whose reference top-2 margin was large enough to judge argmax on
+    failures: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _valid_mask(axes: list[str], mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean array broadcastable to `shape`: True where the value belongs to a real (non-padding) token."""
+    if len(axes) >= 2 and axes[1] == "sequence":
+        m = mask.astype(bool)[:, : shape[1]]
+        return m.reshape(m.shape + (1,) * (len(shape) - 2))
+    return np.ones((shape[0],) + (1,) * (len(shape) - 1), dtype=bool)
+
+
+def compare(
+    name: str,
+    axes: list[str],
+    argmax: str | None,
+    refs: list[np.ndarray],
+    gots: list[np.ndarray],
+    masks: list[np.ndarray],
+    tol: Tolerance,
+) -> OutputCheck:
+    """Compare one output over several padded batches. `argmax` is None, 'labels' (last axis) or 'sequence'."""
+    max_diff = 0.0
+    cosines: list[float] = []
+    agree = decisive = 0
+    failures: list[str] = []
+    for ref, got, mask in zip(refs, gots, masks):
+        ref = np.asarray(ref, dtype=np.float64)
+        got = np.asarray(got, dtype=np.float64)
+        if ref.shape != got.shape:
+            failures.append(f"{name}: shape {got.shape} != reference {ref.shape}")
+            continue
+        valid = np.broadcast_to(_valid_mask(axes, mask, ref.shape), ref.shape)
+        if not np.isfinite(got[valid]).all():
+            failures.append(f"{name}: non-finite values")
+            continue
+        max_diff = max(max_diff, float(np.abs(ref - got)[valid].max(initial=0.0)))
+        for i in range(ref.shape[0]):
+            r, g = ref[i][valid[i]], got[i][valid[i]]
+            denom = np.linalg.norm(r) * np.linalg.norm(g)
+            cosines.append(1.0 if denom == 0 and np.array_equal(r, g) else float(r @ g / denom) if denom else 0.0)
+        if argmax is not None:
+            a, d = _argmax_agreement(ref, got, mask, argmax, margin=10 * tol.max_abs_diff)
+            agree += a
+            decisive += d
+    cos_min = min(cosines) if cosines else 0.0
+    cos_mean = float(np.mean(cosines)) if cosines else 0.0
+    agreement = agree / decisive if decisive else None
+    if max_diff > tol.max_abs_diff:
+        failures.append(f"{name}: max|diff| {max_diff:.3g} > {tol.max_abs_diff:.3g}")
+    if cos_min < tol.min_cosine:
+        failures.append(f"{name}: min cosine {cos_min:.6f} < {tol.min_cosine}")
+    if agreement is not None and agreement < tol.min_argmax_agreement:
+        failures.append(f"{name}: argmax agreement {agreement:.4f} < {tol.min_argmax_agreement}")
+    return OutputCheck(name, max_diff, cos_min, cos_mean, agreement, decisive, tuple(failures))
+
+
+def _argmax_agreement(ref, got, mask, kind: str, margin: float) -> tuple[int, int]:
+    """(agreeing, decisive) argmax counts; a position is decisive when the reference's top two differ by > margin."""
+    if kind == "sequence":  # QA span logits [batch, sequence]: argmax over each sample's real tokens
+        pad = np.where(mask.astype(bool)[:, : ref.shape[1]], 0.0, -np.inf)
+        ref, got = ref + pad, got + pad
+    elif ref.shape[-1] < 2:  # a single-logit (regression) head has no argmax
+        return 0, 0
+    top2 = np.sort(ref, axis=-1)[..., -2:]
+    ok = (top2[..., 1] - top2[..., 0]) > margin
+    same = ref.argmax(axis=-1) == got.argmax(axis=-1)
+    if kind == "labels" and ref.ndim == 3:  # token classification: real tokens only
+        ok = ok & mask.astype(bool)[:, : ref.shape[1]]
+    return int((same & ok).sum()), int(ok.sum())

@@ -1,0 +1,73 @@
+"""What is inside an artifact, for people: the text of report.md and of `bertship inspect`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
+    """Markdown summary: source, task, recipe, signature, files and sizes, fidelity per backend, environment."""
+    src, task = manifest["source"], manifest["task"]
+    cfg = src.get("config", {})
+    lines = [
+        f"# bertship artifact: {src.get('family')} / {task['name']}",
+        "",
+        f"- source: `{src.get('path')}` ({src.get('model_type')}, weights {src.get('format')}, "
+        f"sha256 {str(src.get('weights_sha256'))[:16]}…)",
+        f"- shape: {cfg.get('num_hidden_layers')} layers, hidden {cfg.get('hidden_size')}, "
+        f"{cfg.get('num_attention_heads')} heads, FFN {cfg.get('intermediate_size')}",
+        f"- task: {task['name']}" + "".join(f", {k}={v}" for k, v in task.items() if k not in ("name", "id2label")),
+        f"- recipe: {manifest['recipe']['name']}",
+        f"- max length: {manifest['tokenizer']['max_length']} tokens",
+        f"- format {manifest['format_version']}, bertship {manifest['bertship_version']}, created {manifest['created']}",
+        "",
+        "## Signature",
+        "",
+        "| | name | dtype | axes |",
+        "|---|---|---|---|",
+    ]
+    for kind in ("inputs", "outputs"):
+        for io in manifest["signature"][kind]:
+            lines.append(f"| {kind[:-1]} | {io['name']} | {io['dtype']} | {' × '.join(io['axes'])} |")
+    lines += ["", "## Files", "", "| file | size | sha256 |", "|---|---|---|"]
+    for f in manifest.get("files", []):
+        lines.append(f"| {f['path']} | {_mb(f['bytes'])} | {f['sha256'][:12]}… |")
+    tol = manifest["fidelity"]["tolerance"]
+    lines += [
+        "",
+        "## Fidelity vs PyTorch fp32 on the golden sentences",
+        "",
+        f"Limits: max|diff| ≤ {tol['max_abs_diff']:g}, per-sample cosine ≥ {tol['min_cosine']}, "
+        f"argmax agreement ≥ {tol['min_argmax_agreement']:g} (on decisive positions).",
+        "",
+        "| backend | precision | output | max abs diff | cosine min | cosine mean | argmax agreement |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for backend, rep in manifest["fidelity"].get("backends", {}).items():
+        for o in rep["outputs"]:
+            agree = "—" if o["argmax_agreement"] is None else f"{o['argmax_agreement']:.4f} ({o['decisive']})"
+            lines.append(
+                f"| {backend} | {rep['precision']} | {o['output']} | {o['max_abs_diff']:.2e} | "
+                f"{o['cosine_min']:.7f} | {o['cosine_mean']:.7f} | {agree} |"
+            )
+    timings = manifest.get("timings_s")
+    if timings:
+        lines += ["", "## Export stages (seconds)", "", " · ".join(f"{k} {v:.1f}" for k, v in timings.items())]
+    env = manifest.get("environment", {})
+    cpu = env.get("cpu", {})
+    pkgs = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
+    lines += [
+        "",
+        "## Environment",
+        "",
+        f"- CPU: {cpu.get('model')} ({cpu.get('arch')}, {cpu.get('cores')} cores; {' '.join(cpu.get('flags', []))})",
+        f"- Python {env.get('python')} on {env.get('os')}",
+        f"- {pkgs}",
+        "",
+    ]
+    return "\n".join(lines)
