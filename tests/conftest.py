@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny model folders per family and task, and one export of the real MiniLM per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a model hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from tests import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """Factory: tiny_folder(family, task) -> a saved tiny model folder, built once per session."""
+    cache: dict[tuple[str, str], Path] = {}
+
+    def make(family: str, task: str = "feature-extraction") -> Path:
+        key = (family, task)
+        if key not in cache:
+            cache[key] = tiny.save(family, task, tmp_path_factory.mktemp(f"{family}-{task}"))
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_folder, tmp_path_factory):
+    """A tiny BERT feature-extraction artifact on both backends, exported once per session."""
+    from bertship.exporter import export
+
+    out = tmp_path_factory.mktemp("tiny-art") / "bert"
+    return export(tiny_folder("bert", "sequence-classification"), out=out, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def minilm_artifact(tmp_path_factory):
+    """The bundled real all-MiniLM-L6-v2 exported to both backends (about 10 s)."""
+    from bertship.exporter import export
+
+    out = tmp_path_factory.mktemp("minilm") / "minilm"
+    return export(out=out, log=lambda _: None)

@@ -1,0 +1,121 @@
+"""Tiny random models of every family, built in the test session from small configs (no download, < 1 s each).
+
+Each family gets a tokenizer of its own kind trained on the shipped sentences: WordPiece (BERT, DistilBERT,
+MobileBERT), Unigram with Metaspace (ALBERT, like its SentencePiece) and byte-level BPE (RoBERTa).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bertship.exporter.golden import sentences
+
+MAX_POSITIONS = 64  # the longest golden sentence is longer: truncation is exercised too
+NUM_LABELS = 3
+
+
+def _wordpiece():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(sentences(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=MAX_POSITIONS)
+
+
+def _unigram():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import AlbertTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(sentences(), trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    return AlbertTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", cls_token="[CLS]",
+                               sep_token="[SEP]", mask_token="[MASK]", model_max_length=MAX_POSITIONS)
+
+
+def _bytelevel_bpe():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import RobertaTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok.train_from_iterator(sentences(), trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+    return RobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                                model_max_length=MAX_POSITIONS)
+
+
+def _config(family: str, vocab: int, pad_id: int):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, pad_token_id=pad_id, num_labels=NUM_LABELS, initializer_range=0.2)
+    if family == "bert":
+        return tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                             max_position_embeddings=MAX_POSITIONS, **common)
+    if family == "distilbert":
+        return tf.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                   max_position_embeddings=MAX_POSITIONS, **common)
+    if family == "roberta":
+        # RoBERTa counts positions from padding_idx + 1, so it needs two more than the longest sequence.
+        return tf.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1, bos_token_id=0,
+                                eos_token_id=2, **common)
+    if family == "albert":
+        return tf.AlbertConfig(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=MAX_POSITIONS, **common)
+    if family == "mobilebert":
+        return tf.MobileBertConfig(hidden_size=32, embedding_size=16, true_hidden_size=16, intra_bottleneck_size=16,
+                                   intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
+                                   num_feedforward_networks=2, max_position_embeddings=MAX_POSITIONS, **common)
+    raise ValueError(family)
+
+
+TOKENIZERS = {"bert": _wordpiece, "distilbert": _wordpiece, "mobilebert": _wordpiece, "albert": _unigram,
+              "roberta": _bytelevel_bpe}
+HEADS = {
+    "feature-extraction": "AutoModel",
+    "sentence-embedding": "AutoModel",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+}
+
+
+def build(family: str, task: str, seed: int = 0):
+    """(model, tokenizer) in memory: a random tiny model of `family` with the head `task` needs."""
+    import torch
+    import transformers
+
+    tokenizer = TOKENIZERS[family]()
+    config = _config(family, len(tokenizer), tokenizer.pad_token_id)
+    if task == "question-answering":
+        config.num_labels = 2  # start and end logits
+    torch.manual_seed(seed)
+    model = getattr(transformers, HEADS[task]).from_config(config, attn_implementation="eager").eval()
+    return model, tokenizer
+
+
+def save(family: str, task: str, folder: Path, seed: int = 0) -> Path:
+    """A Hugging Face model folder (config.json, model.safetensors, tokenizer files) of a tiny random model."""
+    model, tokenizer = build(family, task, seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
