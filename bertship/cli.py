@@ -33,11 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--task", default=None,
                     help="feature-extraction, sentence-embedding, sequence-classification, token-classification or "
                          "question-answering (default: from the checkpoint)")
-    ex.add_argument("--backends", default="onnxruntime,openvino", help="comma-separated (default: %(default)s)")
+    ex.add_argument("--backends", default=None,
+                    help="comma-separated onnxruntime,openvino (default: every backend the recipe supports)")
     ex.add_argument("--max-length", type=int, default=None, help="longest sequence accepted (default: the model's)")
     ex.add_argument("--pooling", default=None, help="sentence-embedding pooling: mean, cls or max")
     ex.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                     help="L2-normalize sentence embeddings inside the graph")
+    ex.add_argument("--recipe", default="fp32", help="fp32, bf16, fp16, int8-dynamic, int8-static, int8-weight-only, "
+                    "int4-weight-only (default: %(default)s; `bertship recipes` explains each)")
+    ex.add_argument("--calibration", default=None,
+                    help="int8-static: .txt (one text per line) or .jsonl ({\"text\": …}) of your texts; default: bundled")
+    ex.add_argument("--calibration-method", default=None, help="int8-static: minmax (default), entropy or percentile")
+    ex.add_argument("--ort-graph", default="plain", help="ONNX Runtime recipes start from the graph as exported "
+                    "(plain, default) or after ORT's offline transformer fusions (fused)")
+    ex.add_argument("--allow-missing-fusions", action="store_true",
+                    help="accept a graph where ORT's expected fusions are missing (recorded in the manifest)")
     ex.add_argument("--threads", type=int, default=None, help="threads for the verification runs")
     ex.add_argument("--force", action="store_true", help="replace an existing artifact at --out")
     ex.add_argument("--allow-pickle", action="store_true",
@@ -49,9 +59,31 @@ def _parser() -> argparse.ArgumentParser:
     ve.add_argument("--threads", type=int, default=None)
     ve.add_argument("--json", action="store_true", help="print the fidelity report as JSON")
 
+    sub.add_parser("recipes", help="list every recipe: what it does, which backends and CPUs it suits")
+
     ins = sub.add_parser("inspect", help="show what an artifact holds (torch-free)")
     ins.add_argument("artifact")
     ins.add_argument("--json", action="store_true", help="print the manifest")
+
+    de = sub.add_parser("deploy", help="write a Triton model repository or an OpenVINO Model Server layout (torch-free)")
+    targets = de.add_subparsers(dest="target", required=True, metavar="TARGET")
+    tr = targets.add_parser("triton", help="encoder + Python-backend tokenizer + ensemble (clients send text)")
+    tr.add_argument("artifact")
+    tr.add_argument("--out", required=True, help="model repository to write (refused if it exists, unless --force)")
+    tr.add_argument("--backend", default="onnxruntime", help="onnxruntime or openvino (default: %(default)s)")
+    tr.add_argument("--max-batch", type=int, default=32, help="max_batch_size of each model (default: %(default)s)")
+    tr.add_argument("--instances", type=int, default=1, help="CPU instances per model (default: %(default)s)")
+    tr.add_argument("--threads", type=int, default=None, help="threads per encoder instance (default: the backend's)")
+    tr.add_argument("--name", default=None, help="model name (default: from the artifact folder)")
+    tr.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=None,
+                    help="take a TEXT_PAIR input too (default: only for question-answering)")
+    tr.add_argument("--force", action="store_true", help="replace an existing repository at --out")
+    ovm = targets.add_parser("ovms", help="OpenVINO IR + config.json for OpenVINO Model Server (clients send token ids)")
+    ovm.add_argument("artifact")
+    ovm.add_argument("--out", required=True, help="folder to write (refused if it exists, unless --force)")
+    ovm.add_argument("--threads", type=int, default=None, help="INFERENCE_NUM_THREADS (default: OpenVINO's)")
+    ovm.add_argument("--name", default=None, help="model name (default: from the artifact folder)")
+    ovm.add_argument("--force", action="store_true", help="replace an existing folder at --out")
     return parser
 
 
@@ -60,9 +92,39 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise BackendMissingError("export needs torch and transformers — pip install 'bertship[export]'")
     from bertship.exporter import export
 
-    export(args.model, out=args.out, task=args.task, backends=args.backends, force=args.force,
-           allow_pickle=args.allow_pickle, max_length=args.max_length, pooling=args.pooling,
-           normalize=args.normalize, threads=args.threads)
+    from bertship.exporter.options import ExportOptions
+
+    options = ExportOptions(
+        task=args.task, backends=args.backends, recipe=args.recipe, calibration=args.calibration,
+        calibration_method=args.calibration_method, ort_graph=args.ort_graph,
+        allow_missing_fusions=args.allow_missing_fusions, force=args.force, allow_pickle=args.allow_pickle,
+        max_length=args.max_length, pooling=args.pooling, normalize=args.normalize, threads=args.threads,
+    )
+    export(args.model, out=args.out, options=options)
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from bertship.exporter.recipes import RECIPES
+    from bertship.profiles import cpu_info
+
+    flags = set(cpu_info()["flags"])
+    for r in RECIPES.values():
+        here = "" if not r.isa_any or flags & set(r.isa_any) else f"  [not on this machine: needs {' or '.join(r.isa_any)}]"
+        print(f"{r.name}{here}\n  {r.summary}")
+        for backend, how in r.how.items():
+            print(f"  {backend}: {how}")
+        for backend, why in r.refused.items():
+            print(f"  {backend}: refused — {why}")
+        if r.needs_calibration:
+            print("  needs calibration text (--calibration FILE, default: 64 bundled sentences)")
+        if r.params:
+            print("  parameters: " + ", ".join(f"{k}={v}" for k, v in r.params.items()))
+        tol = r.tolerance
+        if tol is not None:
+            print(f"  export gate vs PyTorch fp32: per-sample cosine >= {tol.min_cosine}, "
+                  f"argmax agreement >= {tol.min_argmax_agreement}")
+        print()
     return 0
 
 
@@ -93,7 +155,24 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": _cmd_export, "verify": _cmd_verify, "inspect": _cmd_inspect}
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from bertship.runtimes import deploy
+
+    if args.target == "triton":
+        record = deploy.triton(args.artifact, args.out, backend=args.backend, max_batch=args.max_batch,
+                               instances=args.instances, threads=args.threads, name=args.name, pairs=args.pairs,
+                               force=args.force)
+    else:
+        record = deploy.ovms(args.artifact, args.out, threads=args.threads, name=args.name, force=args.force)
+    for note in record["notes"]:
+        print(f"bertship: note: {note}", file=sys.stderr)
+    print(f"wrote {record['out']}: {record['target']} layout with model(s) {', '.join(record['models'])} "
+          f"({record['backend']}, {record['task']})")
+    return 0
+
+
+COMMANDS = {"export": _cmd_export, "verify": _cmd_verify, "inspect": _cmd_inspect, "recipes": _cmd_recipes,
+            "deploy": _cmd_deploy}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@
     export(model, tokenizer, task="sequence-classification", out="artifacts/pruned")   # a model in memory
 """
 
-from .pipeline import DEFAULT_BACKENDS, export
+from .options import ExportOptions
+from .pipeline import export
 
-__all__ = ["DEFAULT_BACKENDS", "export"]
+__all__ = ["ExportOptions", "export"]

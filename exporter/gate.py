@@ -27,5 +27,10 @@ def run_gate(
         report[name], failed = backend_checks(runner, manifest, feeds, refs)
         failures += failed
     if failures:
-        raise FidelityError(failures)
+        if manifest["recipe"]["name"] == "fp32":
+            fix = "nothing was written; an fp32 export should match PyTorch: report the model family and these numbers"
+        else:
+            fix = (f"nothing was written; recipe {manifest['recipe']['name']!r} damages this model: try int8-dynamic "
+                   "or a weight-only recipe, calibration text closer to your data, or keep sensitive layers in float")
+        raise FidelityError(failures, fix)
     return report

@@ -1,7 +1,10 @@
-"""The one place the stage order is written: load → export graph → build backends → verify → package → publish."""
+"""The one place the stage order is written:
+load → export graph → optimize (fusion report) → build each backend under the recipe → verify → package → publish.
+"""
 
 from __future__ import annotations
 
+import platform
 import shutil
 import sys
 import time
@@ -10,14 +13,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from bertship.profiles import cpu_info
 from bertship.runtimes import artifact, backends as backend_table
 from bertship.runtimes.errors import UsageError
 
-from . import golden, load as load_stage, package
+from . import calibration, golden, graph, load as load_stage, package, quantize
 from .gate import run_gate
-from .to_onnx import OPSET, to_onnx, to_openvino
-
-DEFAULT_BACKENDS = ("onnxruntime", "openvino")
+from .options import ExportOptions
+from .recipes import check_recipe, get_recipe, with_params
+from .to_onnx import OPSET, to_onnx
 
 
 def _stderr(message: str) -> None:
@@ -36,8 +40,8 @@ class _Stages:
         self.log(f"[bertship] {name:<8} {what} …")
         start = time.perf_counter()
         yield
-        self.timings[name] = round(time.perf_counter() - start, 3)
-        self.log(f"[bertship] {name:<8} done in {self.timings[name]:.1f} s")
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+        self.log(f"[bertship] {name:<8} done in {time.perf_counter() - start:.1f} s")
 
 
 def export(
@@ -45,69 +49,74 @@ def export(
     tokenizer: Any = None,
     *,
     out: str | Path,
-    task: str | None = None,
-    backends: str | tuple[str, ...] | list[str] = DEFAULT_BACKENDS,
-    force: bool = False,
-    allow_pickle: bool = False,
-    max_length: int | None = None,
-    pooling: str | None = None,
-    normalize: bool | None = None,
-    threads: int | None = None,
+    options: ExportOptions | None = None,
     log: Callable[[str], None] = _stderr,
+    **option_values: Any,
 ) -> Path:
     """Export a model folder (None: the bundled all-MiniLM-L6-v2) or an in-memory transformers model to a verified
-    artifact at `out`. Nothing exists at `out` unless every stage, the fidelity gate included, succeeded.
+    artifact at `out`. Options come as an ExportOptions or as keywords (task=, recipe=, backends=, …). Nothing
+    exists at `out` unless every stage, the fidelity gate included, succeeded.
     """
+    opts = options if options is not None else ExportOptions.build(**option_values)
+    if options is not None and option_values:
+        raise UsageError("pass options= or option keywords, not both")
     out = Path(out)
-    names = backend_table.parse_backends(backends)
+    recipe = with_params(get_recipe(opts.recipe), calibration_method=opts.calibration_method)
+    names = backend_table.parse_backends(opts.backends if opts.backends is not None else tuple(recipe.how))
     for name in names:
         backend_table.require(name)
-    package.check_out(out, force)
+    cpu = cpu_info()
+    check_recipe(recipe, names, cpu["flags"])
+    if opts.calibration is not None and not recipe.needs_calibration:
+        raise UsageError(f"--calibration applies to recipes that calibrate (int8-static), not {recipe.name!r} — drop it")
+    calib_texts = calibration.read_texts(opts.calibration) if recipe.needs_calibration else None
+    package.check_out(out, opts.force)
     stages = _Stages(log)
 
     with stages.stage("load", "checking and loading the model"):
-        if model is None or isinstance(model, (str, Path)):
-            if tokenizer is not None:
-                raise UsageError("tokenizer= is only for an in-memory model; a model folder brings its own")
-            path = load_stage.default_model_path() if model is None else Path(model)
-            source = load_stage.load_folder(path, task, allow_pickle=allow_pickle, max_length=max_length,
-                                            pooling=pooling, normalize=normalize)
-        else:
-            if tokenizer is None or task is None:
-                raise UsageError("an in-memory model needs tokenizer= and task= — pass both")
-            source = load_stage.from_model(model, tokenizer, task, max_length=max_length, pooling=pooling,
-                                           normalize=normalize)
+        source = _load(model, tokenizer, opts)
         texts, pairs = golden.golden_texts(source)
         feeds = golden.golden_feeds(source, texts, pairs)
         refs = golden.reference_outputs(source, feeds)
     params = sum(p.numel() for p in source.model.parameters())
     log(f"[bertship]          {source.family.name} / {source.task.name}, {params / 1e6:.1f} M parameters, "
-        f"max length {source.max_length}")
+        f"max length {source.max_length}, recipe {recipe.name}")
 
     staging = package.staging_dir(out)
+    work = staging / "_work"
     try:
-        built: dict[str, Any] = {}
         with stages.stage("export", f"ONNX graph (opset {OPSET})"):
-            onnx_path = to_onnx(source, feeds[0], staging / backend_table.BACKENDS["onnxruntime"].model_file)
+            plain = to_onnx(source, feeds[0], work / "export.onnx")
+        fusion = None
         if "onnxruntime" in names:
-            built["onnxruntime"] = {"model": backend_table.BACKENDS["onnxruntime"].model_file,
-                                    "files": [backend_table.BACKENDS["onnxruntime"].model_file],
-                                    "options": {"precision": "fp32"}}
-        if "openvino" in names:
-            with stages.stage("openvino", "OpenVINO IR (fp32 weights)"):
-                xml = backend_table.BACKENDS["openvino"].model_file
-                to_openvino(onnx_path, staging / xml)
-                built["openvino"] = {"model": xml, "files": [xml, xml[:-4] + ".bin"],
-                                     "options": {"inference_precision": "f32"}}
-        if "onnxruntime" not in names:
-            shutil.rmtree(onnx_path.parent)
+            with stages.stage("optimize", "ONNX Runtime transformer fusions"):
+                fusion = graph.optimize(plain, source.family, graph.num_layers(source.model.config),
+                                        work / "fused.onnx")
+            log(f"[bertship]          fused: {', '.join(f'{k} {v}' for k, v in fusion.counts.items()) or 'nothing'}")
+            graph.check(fusion, opts.allow_missing_fusions)
+        calib = []
+        if calib_texts is not None:
+            calib = calibration.calibration_feeds(source.tokenizer, source.family.inputs, source.max_length,
+                                                  calib_texts[0], calib_texts[1])
+        ctx = quantize.BuildContext(staging, plain, work / "fused.onnx" if fusion else None, opts.ort_graph, recipe,
+                                    calib, cpu["flags"], platform.machine(), source.tokenizer.pad_token_id)
+        built: dict[str, Any] = {}
+        for name in names:
+            with stages.stage("build", f"{name}: {recipe.how[name]}"):
+                built[name] = quantize.build(name, ctx)
+        shutil.rmtree(work)
         source.tokenizer.backend_tokenizer.save(str(staging / artifact.TOKENIZER))
         spec = {"file": artifact.TOKENIZER, "max_length": source.max_length, "pad_id": source.tokenizer.pad_token_id,
                 "pad_token": source.tokenizer.pad_token, "input_names": list(source.family.inputs),
                 "text_pairs": source.task.text_pairs}
-        manifest = package.base_manifest(source, built, spec, asdict(source.family.tolerance))
-        with stages.stage("verify", f"{' + '.join(built)} vs PyTorch on {len(texts)} golden sentences"):
-            manifest["fidelity"]["backends"] = run_gate(staging, manifest, feeds, refs, texts, pairs, threads)
+        tolerance = recipe.tolerance or source.family.tolerance
+        manifest = package.base_manifest(source, built, spec, asdict(tolerance))
+        manifest["recipe"] = {**recipe.as_dict(), "calibration": calib_texts[2] if calib_texts else None}
+        manifest["export_options"] = opts.as_dict()
+        if fusion is not None:
+            manifest["graph"] = {"fusions": fusion.as_dict(), "allow_missing_fusions": opts.allow_missing_fusions}
+        with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden sentences"):
+            manifest["fidelity"]["backends"] = run_gate(staging, manifest, feeds, refs, texts, pairs, opts.threads)
         with stages.stage("package", "golden outputs, manifest, report"):
             manifest["golden"] = package.write_golden(staging, texts, pairs, feeds, refs)
             manifest["timings_s"] = stages.timings
@@ -119,3 +128,16 @@ def export(
         raise
     log(f"[bertship] wrote {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
     return out
+
+
+def _load(model: Any, tokenizer: Any, opts: ExportOptions) -> load_stage.Source:
+    """The load stage for a folder (or the bundled default) or a model in memory."""
+    common = {"max_length": opts.max_length, "pooling": opts.pooling, "normalize": opts.normalize}
+    if model is None or isinstance(model, (str, Path)):
+        if tokenizer is not None:
+            raise UsageError("tokenizer= is only for an in-memory model; a model folder brings its own")
+        path = load_stage.default_model_path() if model is None else Path(model)
+        return load_stage.load_folder(path, opts.task, allow_pickle=opts.allow_pickle, **common)
+    if tokenizer is None or opts.task is None:
+        raise UsageError("an in-memory model needs tokenizer= and task= — pass both")
+    return load_stage.from_model(model, tokenizer, opts.task, **common)

@@ -12,6 +12,8 @@ from .errors import (
     BackendMissingError,
     BertshipError,
     FidelityError,
+    FusionError,
+    MachineError,
     SourceError,
     UsageError,
 )
@@ -23,6 +25,8 @@ __all__ = [
     "BackendMissingError",
     "BertshipError",
     "FidelityError",
+    "FusionError",
+    "MachineError",
     "Model",
     "SourceError",
     "UsageError",

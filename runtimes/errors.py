@@ -31,12 +31,10 @@ class FidelityError(BertshipError):
 
     exit_code = 4
 
-    def __init__(self, failures: list[str]):
+    def __init__(self, failures: list[str], fix: str = "the runtime here differs from where the artifact was made; "
+                 "re-export it on this machine, or report these numbers"):
         self.failures = list(failures)
-        super().__init__(
-            f"{len(self.failures)} output check(s) failed: " + "; ".join(self.failures)
-            + " — the artifact was not written; report the model family and these numbers"
-        )
+        super().__init__(f"{len(self.failures)} output check(s) failed: " + "; ".join(self.failures) + f" — {fix}")
 
 
 class ArtifactError(BertshipError):
@@ -51,6 +49,19 @@ class BackendMissingError(BertshipError):
     exit_code = 6
 
 
+class MachineError(BertshipError):
+    """Raised when this machine lacks what was asked for: a CPU feature (ISA flag), a GPU, an execution provider."""
+
+    exit_code = 8
+
+
+class FusionError(BertshipError):
+    """Raised when ONNX Runtime's transformer fusions reach fewer fused ops than the family should (a silent slowdown
+    otherwise); names the fused op and the layers where it is missing."""
+
+    exit_code = 10
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with the traceback from --debug)",
@@ -59,4 +70,6 @@ EXIT_CODES: dict[int, str] = {
     FidelityError.exit_code: "fidelity gate failed: a backend's outputs differ from the reference beyond tolerance",
     ArtifactError.exit_code: "artifact integrity: a file is missing or changed, or the format version is unknown",
     BackendMissingError.exit_code: "a backend or the exporter is not installed (the message names the extra)",
+    MachineError.exit_code: "this machine lacks what a recipe or profile needs (names the missing CPU flag or device)",
+    FusionError.exit_code: "graph optimization incomplete: an expected fused op is missing (names op and layers)",
 }

@@ -6,7 +6,7 @@ import numpy as np
 
 from bertship.runtimes.fidelity import Tolerance, compare
 
-TOL = Tolerance(max_abs_diff=1e-4, min_cosine=0.9999)
+TOL = Tolerance(max_abs_diff=1e-4, min_cosine=0.9999, argmax_margin=1e-3)
 SEQ = ["batch", "sequence", "hidden"]
 
 
@@ -42,7 +42,7 @@ def test_argmax_judged_only_on_decisive_positions():
     check = compare("logits", ["batch", "labels"], "labels", [ref], [got], [np.ones((2, 2))], TOL)
     assert check.decisive == 1 and check.argmax_agreement == 1.0 and check.failures == ()
     got[0] = [0.0, 0.0, 5.0]
-    check = compare("logits", ["batch", "labels"], "labels", [ref], [got], [np.ones((2, 2))], Tolerance(0.1, -1.0))  # decisive margin 1.0
+    check = compare("logits", ["batch", "labels"], "labels", [ref], [got], [np.ones((2, 2))], Tolerance(0.1, -1.0, argmax_margin=1.0))
     assert check.argmax_agreement == 0.0
     assert any("argmax agreement" in f for f in check.failures)
 

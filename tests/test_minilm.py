@@ -23,7 +23,7 @@ def test_default_export_is_the_bundled_minilm(minilm_artifact):
     assert manifest["task"] == {"name": "sentence-embedding", "pooling": "mean", "normalize": True}
     assert manifest["tokenizer"]["max_length"] == 256  # sentence-transformers' max_seq_length
     assert manifest["source"]["config"]["num_hidden_layers"] == 6
-    assert manifest["recipe"] == {"name": "fp32"}
+    assert manifest["recipe"] == {"name": "fp32", "params": {}, "calibration": None}
     assert manifest["environment"]["cpu"]["model"]
 
 

@@ -1,0 +1,86 @@
+"""Graph optimization: ONNX Runtime's transformer fusions, with a report of what fused where.
+
+The fused-op counts are checked against what the family should reach (`Family.fusions`); a missing fusion is the
+classic silent BERT slowdown, so it is an error naming the op and the layers, unless the user accepts it (recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bertship.runtimes.errors import FusionError
+
+from .families import Family
+
+# For each fused op, the op type that is left in a layer when that layer's pattern did not fuse.
+WITNESS = {
+    "Attention": ("Softmax",),
+    "BiasGelu": ("Erf",),
+    "FastGelu": ("Tanh",),
+    "SkipLayerNormalization": ("LayerNormalization",),
+    "EmbedLayerNormalization": ("LayerNormalization",),
+}
+_LAYER = re.compile(r"layers?\.(\d+)")
+
+
+@dataclass(frozen=True)
+class FusionReport:
+    """Fused-op counts found, counts expected for the family, and where expected fusions are missing."""
+
+    counts: dict[str, int]
+    expected: dict[str, int]
+    missing: dict[str, str]  # op -> what is missing and where
+    note: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def num_layers(config: Any) -> int:
+    """Transformer layers in a config (DistilBERT calls them n_layers; transformers maps both)."""
+    return int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers"))
+
+
+def optimize(onnx_path: Path, family: Family, layers: int, out_path: Path | None = None) -> FusionReport:
+    """Run ONNX Runtime's BERT fusions on the graph; optionally save the fused graph; report counts and gaps."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # The optimizer logs each fusion at INFO and harmless shape warnings on pruned graphs; the report says it all.
+    quiet = [logging.getLogger(n) for n in ("onnx_model", "onnx_model_bert", "fusion_base", "fusion_attention",
+                                             "fusion_utils", "fusion_skiplayernorm", "fusion_embedlayer")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        # opt_level 0: only the Python fusions; ONNX Runtime applies its own graph optimizations at session creation.
+        model = optimize_model(str(onnx_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+    counts = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+    expected = {op: a * layers + b for op, (a, b) in family.fusions.items() if a * layers + b > 0}
+    missing = {}
+    for op, want in expected.items():
+        got = counts.get(op, 0)
+        if got < want:
+            where = sorted({m.group(1) for n in model.model.graph.node if n.op_type in WITNESS.get(op, ())
+                            for m in [_LAYER.search(n.name)] if m}, key=int)
+            missing[op] = f"{got} of {want} fused" + (f"; not fused in layer {', '.join(where)}" if where else "")
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        model.save_model_to_file(str(out_path))
+    return FusionReport(counts, expected, missing, family.fusion_note)
+
+
+def check(report: FusionReport, allow_missing: bool) -> None:
+    """Raise FusionError for missing fusions unless the user allowed them (the manifest records that choice)."""
+    if report.missing and not allow_missing:
+        detail = "; ".join(f"{op}: {text}" for op, text in report.missing.items())
+        raise FusionError(
+            f"ONNX Runtime's transformer fusions are incomplete ({detail}) — the artifact would run slower than it "
+            "should; fix the graph, or pass --allow-missing-fusions to accept it (recorded in the manifest)"
+        )

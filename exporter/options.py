@@ -1,0 +1,49 @@
+"""The one options record of an export: the CLI and the Python API both build it, so they cannot drift apart."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from bertship.runtimes.errors import UsageError
+
+ORT_GRAPHS = ("plain", "fused")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything `bertship export` can be told, with its defaults."""
+
+    task: str | None = None
+    backends: tuple[str, ...] | str | None = None  # None: every backend the recipe supports
+    recipe: str = "fp32"
+    calibration: str | Path | None = None  # int8-static: .txt / .jsonl of the user's texts (default: bundled set)
+    calibration_method: str | None = None  # int8-static on ONNX Runtime: minmax, entropy, percentile
+    ort_graph: str = "plain"  # which fp32 graph ONNX Runtime recipes start from: as exported, or ORT-fused offline
+    allow_missing_fusions: bool = False
+    force: bool = False
+    allow_pickle: bool = False
+    max_length: int | None = None
+    pooling: str | None = None
+    normalize: bool | None = None
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.ort_graph not in ORT_GRAPHS:
+            raise UsageError(f"unknown --ort-graph {self.ort_graph!r} — choose from: {', '.join(ORT_GRAPHS)}")
+
+    @classmethod
+    def build(cls, **values: Any) -> "ExportOptions":
+        """Options from keyword arguments; an unknown name is a UsageError listing the valid ones."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UsageError(f"unknown export option {unknown[0]!r} — valid: {', '.join(sorted(names))}")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["calibration"] = str(self.calibration) if self.calibration is not None else None
+        d["backends"] = list(self.backends) if isinstance(self.backends, (tuple, list)) else self.backends
+        return d

@@ -1,0 +1,117 @@
+"""The recipe table: named, inert configs for what the graph becomes on each backend. Torch-free (the CLI lists it).
+
+A recipe says which backends can build it (and why the others cannot), what the machine must have, whether it needs
+calibration text, its parameters, and the fidelity floor its artifact must meet against PyTorch fp32 in the export
+gate. The gate's floor only proves the artifact is not broken; whether a recipe keeps enough task accuracy is judged
+on the user's data (`bertship eval`, `--max-accuracy-drop`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bertship.runtimes.errors import MachineError, UsageError
+from bertship.runtimes.fidelity import Tolerance
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One recipe. `how` maps each supported backend to what is done; `refused` maps the others to the reason."""
+
+    name: str
+    summary: str
+    how: dict[str, str]
+    refused: dict[str, str]
+    tolerance: Tolerance | None  # None: the family's fp32 tolerance
+    needs_calibration: bool = False
+    isa_any: tuple[str, ...] = ()  # the machine must have one of these CPU flags (empty: no requirement)
+    isa_reason: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params)}
+
+
+# Floors measured against: ANCHORS.md §2 (trained MiniLM, mean (min) cosine vs fp32 on real sentences): weight-only
+# int8 0.9995 (0.997), ORT dynamic int8 0.993 (0.988), nncf static int8 0.9916 (0.972), ORT static QDQ 0.944 (0.90).
+# A floor sits below what a working recipe reaches and far above what a broken graph gives (cosine ~0).
+_HALF = Tolerance(max_abs_diff=None, min_cosine=0.999, min_argmax_agreement=0.98, argmax_margin=0.05)
+_INT8 = Tolerance(max_abs_diff=None, min_cosine=0.90, min_argmax_agreement=0.90, argmax_margin=0.2)
+_INT8_WO = Tolerance(max_abs_diff=None, min_cosine=0.98, min_argmax_agreement=0.95, argmax_margin=0.1)
+_INT4_WO = Tolerance(max_abs_diff=None, min_cosine=0.85, min_argmax_agreement=0.85, argmax_margin=0.3)
+
+_NO_OV_DYNAMIC = ("OpenVINO has no offline dynamic int8 quantization — use int8-static (NNCF) or int8-weight-only "
+                  "with --backends openvino")
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("fp32", "float32 weights and compute; the reference every other recipe is judged against",
+               {"onnxruntime": "the exported graph as is (ORT fuses at session creation)",
+                "openvino": "IR with fp32 weights, INFERENCE_PRECISION_HINT=f32"}, {}, None),
+        Recipe("bf16", "bfloat16 compute on CPUs with AVX512_BF16 or AMX; fp32 weights on disk",
+               {"openvino": "fp32 IR run with INFERENCE_PRECISION_HINT=bf16"},
+               {"onnxruntime": "ONNX Runtime's CPU provider has no bf16 kernels for encoder graphs — use --backends openvino"},
+               _HALF, isa_any=("avx512_bf16", "amx_bf16"),
+               isa_reason="bf16 needs AVX512_BF16 or AMX-BF16; elsewhere the CPU plugin emulates it slower than fp32"),
+        Recipe("fp16", "float16 weights (half the size); fp16 compute on GPUs, a size recipe on CPU (computes in fp32)",
+               {"onnxruntime": "float16 conversion of the graph, float32 inputs and outputs kept",
+                "openvino": "IR with fp16-compressed weights (the CPU plugin decompresses them to f32)"}, {}, _HALF),
+        Recipe("int8-dynamic", "int8 weights per channel; activations quantized at run time, per batch",
+               {"onnxruntime": "quantize_dynamic: per-channel S8 weights, U8 activations; reduce_range on x86 CPUs "
+                               "without VNNI"},
+               {"openvino": _NO_OV_DYNAMIC}, _INT8, params={"per_channel": True, "weight_type": "S8"}),
+        Recipe("int8-static", "int8 weights and activations with scales calibrated on text",
+               {"onnxruntime": "quantize_static QDQ of MatMuls: U8 activations (S8 activations are 2-4x slower on "
+                               "x86 CPUs), per-channel S8 weights",
+                "openvino": "nncf.quantize(model_type=TRANSFORMER): SmoothQuant, bias correction"},
+               {}, _INT8, needs_calibration=True,
+               params={"calibration_method": "minmax", "per_channel": True, "activation_type": "U8",
+                       "weight_type": "S8", "op_types": ["MatMul"]}),
+        Recipe("int8-weight-only", "int8 weights, float compute: 4x smaller MatMul weights, near-fp32 accuracy",
+               {"onnxruntime": "MatMulNBits (bits=8, block 32)", "openvino": "nncf.compress_weights(INT8_ASYM)"},
+               {}, _INT8_WO, params={"bits": 8, "block_size": 32}),
+        Recipe("int4-weight-only", "int4 weights in blocks, float compute: the smallest artifact",
+               {"onnxruntime": "MatMulNBits (bits=4, block 32, symmetric)",
+                "openvino": "nncf.compress_weights(INT4_SYM, group 32, ratio 1.0)"},
+               {}, _INT4_WO, params={"bits": 4, "block_size": 32}),
+    )
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called `name`, or UsageError listing the valid ones."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise UsageError(f"unknown recipe {name!r} — choose from: {', '.join(RECIPES)} (see `bertship recipes`)") from None
+
+
+def check_recipe(recipe: Recipe, backends: tuple[str, ...], cpu_flags: list[str]) -> None:
+    """Refuse a recipe a requested backend cannot build, or one this machine cannot run, with the reason."""
+    for backend in backends:
+        if backend in recipe.refused:
+            raise UsageError(f"recipe {recipe.name!r} on {backend}: {recipe.refused[backend]}")
+    if recipe.isa_any and not set(recipe.isa_any) & set(cpu_flags):
+        raise MachineError(
+            f"recipe {recipe.name!r} needs one of the CPU flags {', '.join(recipe.isa_any)}, which this machine lacks "
+            f"({recipe.isa_reason}) — use fp32 or an int8 recipe here"
+        )
+
+
+def with_params(recipe: Recipe, **overrides: Any) -> Recipe:
+    """A copy of the recipe with parameters changed; unknown parameters are refused by name."""
+    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in recipe.params)
+    if unknown:
+        raise UsageError(
+            f"recipe {recipe.name!r} has no parameter {unknown[0]!r} — its parameters: {', '.join(recipe.params) or 'none'}"
+        )
+    method = overrides.get("calibration_method")
+    if method is not None and method not in CALIBRATION_METHODS:
+        raise UsageError(f"unknown calibration method {method!r} — choose from: {', '.join(CALIBRATION_METHODS)}")
+    params = dict(recipe.params, **{k: v for k, v in overrides.items() if v is not None})
+    return Recipe(recipe.name, recipe.summary, recipe.how, recipe.refused, recipe.tolerance, recipe.needs_calibration,
+                  recipe.isa_any, recipe.isa_reason, params)
