@@ -1,22 +1,34 @@
-"""The app-facing model: load an artifact (checksums first), run feeds, or encode text with the bundled tokenizer."""
+"""The app-facing model: load an artifact (checksums first), run feeds, encode text, or call the task's own method.
+
+    model.embed(texts)              feature-extraction (mean-pooled) and sentence-embedding artifacts
+    model.classify(texts)           sequence-classification: [{label, score}] per text
+    model.answer(question, context) question-answering: {answer, score, start, end} (char offsets in the context)
+    model.tag(texts)                token-classification: per text, [{word, label, score, start, end}]
+
+A loaded model holds no per-call state, so one instance serves many threads.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from . import artifact, backends
+from . import artifact, backends, tasks
 from .errors import UsageError
 from .runner import Runner
-from .tokenizer import TextEncoder
+from .tokenizer import TextEncoder, check_truncation, truncated
+
+Batch = tuple[list[int], dict[str, np.ndarray], dict[str, np.ndarray]]
 
 
 class Model:
     """A loaded artifact on one backend. Safe to share between threads."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], runner: Runner, encoder: TextEncoder):
+    def __init__(
+        self, root: Path, manifest: dict[str, Any], runner: Runner, encoder: TextEncoder, truncation: str = "truncate"
+    ):
         self.root = root
         self.manifest = manifest
         self.runner = runner
@@ -28,6 +40,7 @@ class Model:
         self.outputs: list[dict[str, Any]] = manifest["signature"]["outputs"]
         self.output_names: tuple[str, ...] = tuple(o["name"] for o in self.outputs)
         self.max_length: int = encoder.max_length
+        self.truncation: str = check_truncation(truncation)
 
     def __repr__(self) -> str:
         return f"Model({str(self.root)!r}, task={self.task!r}, backend={self.backend!r}, precision={self.precision!r})"
@@ -37,36 +50,131 @@ class Model:
         return self.runner.run(self._checked(feeds))
 
     def encode(
-        self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 32
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 32,
+        truncation: str | None = None,
     ) -> np.ndarray | dict[str, np.ndarray]:
         """Tokenize and run texts (or text pairs) in input order; the task's output, or a dict when it has several.
 
         Texts are grouped by token length so each batch is padded only to its own longest member; outputs with a
         sequence axis come back padded with zeros to the longest text of the whole call.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"batch_size must be a positive int, got {batch_size!r}")
-        encodings = self.tokenizer.tokenize(texts, pairs)
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        encodings = self._tokenize(texts, pairs, truncation)
         longest = max(len(e.ids) for e in encodings)
         results: dict[str, np.ndarray] = {}
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            outs = self.runner.run(self.tokenizer.pad([encodings[i] for i in chunk]))
+        for chunk, _, outs in self._batches(encodings, batch_size):
             for spec in self.outputs:
                 name, value = spec["name"], outs[spec["name"]]
+                has_sequence = len(spec["axes"]) > 1 and spec["axes"][1] == "sequence"
                 if name not in results:
                     shape = list(value.shape)
                     shape[0] = len(encodings)
-                    if len(spec["axes"]) > 1 and spec["axes"][1] == "sequence":
+                    if has_sequence:
                         shape[1] = longest
                     results[name] = np.zeros(shape, dtype=value.dtype)
-                target = results[name]
-                if len(spec["axes"]) > 1 and spec["axes"][1] == "sequence":
-                    target[chunk, : value.shape[1]] = value
+                if has_sequence:
+                    results[name][chunk, : value.shape[1]] = value
                 else:
-                    target[chunk] = value
+                    results[name][chunk] = value
         return results[self.output_names[0]] if len(results) == 1 else results
+
+    def count_truncated(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> int:
+        """How many of these inputs are longer than max_length (and so are cut under truncation='truncate')."""
+        return len(truncated(self.tokenizer.tokenize(texts, pairs)))
+
+    def embed(
+        self, texts: Sequence[str], normalize: bool | None = None, batch_size: int = 32, truncation: str | None = None
+    ) -> np.ndarray:
+        """One float32 vector per text, [len(texts), hidden], in input order.
+
+        feature-extraction artifacts are mean-pooled over each text's real tokens; sentence-embedding artifacts return
+        their graph's pooled output. normalize=True L2-normalizes; None keeps what the artifact does.
+        """
+        tasks.require_method(self.task, "embed")
+        if normalize not in (None, True, False):
+            raise UsageError(f"normalize must be True, False or None, got {normalize!r} — None keeps the artifact's")
+        if normalize is False and self.manifest["task"].get("normalize"):
+            raise UsageError("this artifact L2-normalizes inside its graph, so normalize=False cannot undo it — "
+                             "re-export with --no-normalize, or pass normalize=None")
+        encodings = self._tokenize(texts, None, truncation)
+        vectors: np.ndarray | None = None
+        for chunk, feeds, outs in self._batches(encodings, batch_size):
+            if self.task == "feature-extraction":
+                value = tasks.mean_pool(outs["last_hidden_state"], feeds["attention_mask"])
+            else:
+                value = outs["sentence_embedding"]
+            if vectors is None:
+                vectors = np.zeros((len(encodings), value.shape[-1]), dtype=np.float32)
+            vectors[chunk] = value
+        return tasks.l2_normalize(vectors) if normalize else vectors
+
+    def classify(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, top_k: int = 1, batch_size: int = 32,
+        truncation: str | None = None,
+    ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+        """Per text (or text pair), {label, score} with softmax scores; with top_k > 1, a best-first list of them."""
+        tasks.require_method(self.task, "classify")
+        tasks.check_top_k(top_k)
+        encodings = self._tokenize(texts, pairs, truncation)
+        results: list[Any] = [None] * len(encodings)
+        for chunk, _, outs in self._batches(encodings, batch_size):
+            logits = outs["logits"]
+            labels = tasks.label_names(self.manifest["task"], logits.shape[-1])
+            for i, best in zip(chunk, tasks.top_labels(logits, labels, top_k)):
+                results[i] = best[0] if top_k == 1 else best
+        return results
+
+    def answer(
+        self, question: str | Sequence[str], context: str | Sequence[str], max_answer_tokens: int = 30,
+        batch_size: int = 32, truncation: str | None = None,
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """The best answer span in the context: {answer, score, start, end}, start/end being char offsets into it.
+
+        Takes one question and context (returns one dict) or two equally long lists (returns a list).
+        """
+        tasks.require_method(self.task, "answer")
+        if isinstance(max_answer_tokens, bool) or not isinstance(max_answer_tokens, int) or max_answer_tokens < 1:
+            raise UsageError(f"max_answer_tokens must be a positive int, got {max_answer_tokens!r} — default: 30")
+        single = isinstance(question, str)
+        if single != isinstance(context, str):
+            raise UsageError("got one of question/context as a str and the other not — pass one question with one "
+                             "context, or a list of questions with a list of contexts")
+        questions, contexts = ([question], [context]) if single else (question, context)
+        both_lists = isinstance(questions, Sequence) and isinstance(contexts, Sequence)
+        if both_lists and len(questions) != len(contexts):
+            raise UsageError(f"got {len(questions)} questions but {len(contexts)} contexts — pass one context each")
+        encodings = self._tokenize(questions, contexts, truncation)
+        results: list[Any] = [None] * len(encodings)
+        for chunk, _, outs in self._batches(encodings, batch_size):
+            for row, i in enumerate(chunk):
+                results[i] = tasks.best_span(outs["start_logits"][row], outs["end_logits"][row], encodings[i],
+                                             contexts[i], max_answer_tokens)
+        return results[0] if single else results
+
+    def tag(
+        self, texts: Sequence[str], batch_size: int = 32, truncation: str | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """Per text, one {word, label, score, start, end} per word (read at its first sub-token), in text order."""
+        tasks.require_method(self.task, "tag")
+        encodings = self._tokenize(texts, None, truncation)
+        results: list[Any] = [None] * len(encodings)
+        for chunk, _, outs in self._batches(encodings, batch_size):
+            labels = tasks.label_names(self.manifest["task"], outs["logits"].shape[-1])
+            for row, i in enumerate(chunk):
+                results[i] = tasks.word_tags(outs["logits"][row], encodings[i], texts[i], labels)
+        return results
+
+    def _tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None, truncation: str | None) -> list[Any]:
+        return self.tokenizer.tokenize(texts, pairs, truncation=self.truncation if truncation is None else truncation)
+
+    def _batches(self, encodings: list[Any], batch_size: int) -> Iterator[Batch]:
+        # Sorting by length pads each batch only to its own longest member; callers put results back by index.
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size must be a positive int, got {batch_size!r} — the default is 32")
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            feeds = self.tokenizer.pad([encodings[i] for i in chunk])
+            yield chunk, feeds, self.runner.run(feeds)
 
     def _checked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not isinstance(feeds, dict):
@@ -96,10 +204,13 @@ class Model:
         return out
 
 
-def load(path: str | Path, backend: str | None = None, threads: int | None = None) -> Model:
+def load(
+    path: str | Path, backend: str | None = None, threads: int | None = None, truncation: str = "truncate"
+) -> Model:
     """Load an artifact: verify the checksums of the files this backend needs, then start the backend.
 
-    `backend` defaults to the first backend recorded in the manifest that is installed here.
+    `backend` defaults to the first backend recorded in the manifest that is installed here. `truncation` is what
+    text methods do with inputs longer than the max length by default: "truncate" (cut them) or "error".
     """
     root = Path(path)
     manifest = artifact.read_manifest(root)
@@ -110,6 +221,7 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
             backends.require(built[0] if built else "onnxruntime")  # raises, naming the extra to install
         backend = installed[0]
     backends.get_backend(backend)
+    check_truncation(truncation)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UsageError(f"threads must be a positive int or None, got {threads!r}")
     needed = artifact.backend_files(manifest, backend)
@@ -117,4 +229,4 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
     entry = manifest["backends"][backend]
     runner = backends.runner_class(backend)(root / entry["model"], threads, entry.get("options"))
     encoder = TextEncoder(root / artifact.TOKENIZER, manifest["tokenizer"])
-    return Model(root, manifest, runner, encoder)
+    return Model(root, manifest, runner, encoder, truncation)

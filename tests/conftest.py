@@ -37,6 +37,31 @@ def tiny_artifact(tiny_folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def task_artifact(tiny_folder, tiny_artifact, tmp_path_factory):
+    """Factory: task_artifact(task, family="bert") -> a tiny artifact of that task on both backends, once per session.
+
+    "sentence-embedding" is exported from the feature-extraction folder (mean pooling, no normalization), so both
+    share weights and tokenizer.
+    """
+    from bertship.exporter import export
+
+    cache: dict[tuple[str, str], Path] = {("sequence-classification", "bert"): tiny_artifact}
+
+    def make(task: str, family: str = "bert") -> Path:
+        if (task, family) not in cache:
+            out = tmp_path_factory.mktemp(f"art-{family}-{task}") / "art"
+            if task == "sentence-embedding":
+                export(tiny_folder(family, "feature-extraction"), out=out, task=task, pooling="mean",
+                       normalize=False, log=lambda _: None)
+            else:
+                export(tiny_folder(family, task), out=out, task=task, log=lambda _: None)
+            cache[(task, family)] = out
+        return cache[(task, family)]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def minilm_artifact(tmp_path_factory):
     """The bundled real all-MiniLM-L6-v2 exported to both backends (about 10 s)."""
     from bertship.exporter import export
