@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--calibration", default=None,
                     help="int8-static: .txt (one text per line) or .jsonl ({\"text\": …}) of your texts; default: bundled")
     ex.add_argument("--calibration-method", default=None, help="int8-static: minmax (default), entropy or percentile")
+    ex.add_argument("--max-accuracy-drop", default=None,
+                    help="int8 recipes: keep the most sensitive layers in float until the score stays within this "
+                         "drop of fp32, e.g. 1%% (relative)")
+    ex.add_argument("--eval-data", default=None, help="labelled data (.tsv text<TAB>label) the drop is judged on; "
+                    "default: output cosine vs fp32 on the calibration text")
     ex.add_argument("--ort-graph", default="plain", help="ONNX Runtime recipes start from the graph as exported "
                     "(plain, default) or after ORT's offline transformer fusions (fused)")
     ex.add_argument("--allow-missing-fusions", action="store_true",
@@ -60,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     ve.add_argument("--json", action="store_true", help="print the fidelity report as JSON")
 
     sub.add_parser("recipes", help="list every recipe: what it does, which backends and CPUs it suits")
+
+    ev = sub.add_parser("eval", help="task accuracy (classification) or cosine vs a reference artifact (torch-free)")
+    ev.add_argument("artifact")
+    ev.add_argument("--data", required=True, help="classification: .tsv text<TAB>label (or .jsonl); else one text a line")
+    ev.add_argument("--reference", default=None, help="artifact to compare outputs with, e.g. the fp32 export")
+    ev.add_argument("--backend", default=None)
+    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
 
     ins = sub.add_parser("inspect", help="show what an artifact holds (torch-free)")
     ins.add_argument("artifact")
@@ -97,10 +111,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     options = ExportOptions(
         task=args.task, backends=args.backends, recipe=args.recipe, calibration=args.calibration,
         calibration_method=args.calibration_method, ort_graph=args.ort_graph,
+        max_accuracy_drop=args.max_accuracy_drop, eval_data=args.eval_data,
         allow_missing_fusions=args.allow_missing_fusions, force=args.force, allow_pickle=args.allow_pickle,
         max_length=args.max_length, pooling=args.pooling, normalize=args.normalize, threads=args.threads,
     )
     export(args.model, out=args.out, options=options)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from bertship.runtimes import load
+    from bertship.runtimes.evaluate import evaluate, read_eval_data
+
+    model = load(args.artifact, backend=args.backend, threads=args.threads)
+    reference = load(args.reference, threads=args.threads) if args.reference else None
+    data = read_eval_data(args.data, model.task, model.manifest["task"].get("id2label"))
+    result = evaluate(model, data, reference, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        parts = [f"{k} {result[k]:.4f}" for k in ("accuracy", "cosine_mean", "cosine_min", "argmax_agreement") if k in result]
+        print(f"{args.artifact} ({result['recipe']}, {result['backend']}) on {result['n']} rows of {result['data']}: "
+              + ", ".join(parts))
     return 0
 
 
@@ -171,7 +203,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": _cmd_export, "verify": _cmd_verify, "inspect": _cmd_inspect, "recipes": _cmd_recipes,
+COMMANDS = {"export": _cmd_export, "verify": _cmd_verify, "inspect": _cmd_inspect, "recipes": _cmd_recipes, "eval": _cmd_eval,
             "deploy": _cmd_deploy}
 
 

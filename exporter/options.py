@@ -20,6 +20,8 @@ class ExportOptions:
     recipe: str = "fp32"
     calibration: str | Path | None = None  # int8-static: .txt / .jsonl of the user's texts (default: bundled set)
     calibration_method: str | None = None  # int8-static on ONNX Runtime: minmax, entropy, percentile
+    max_accuracy_drop: str | float | None = None  # e.g. "1%": keep sensitive layers in float until it holds
+    eval_data: str | Path | None = None  # labelled data the limit is judged on (default: cosine on calibration text)
     ort_graph: str = "plain"  # which fp32 graph ONNX Runtime recipes start from: as exported, or ORT-fused offline
     allow_missing_fusions: bool = False
     force: bool = False
@@ -44,6 +46,7 @@ class ExportOptions:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["calibration"] = str(self.calibration) if self.calibration is not None else None
+        for key in ("calibration", "eval_data"):
+            d[key] = str(d[key]) if d[key] is not None else None
         d["backends"] = list(self.backends) if isinstance(self.backends, (tuple, list)) else self.backends
         return d

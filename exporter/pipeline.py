@@ -17,7 +17,7 @@ from bertship.profiles import cpu_info
 from bertship.runtimes import artifact, backends as backend_table
 from bertship.runtimes.errors import UsageError
 
-from . import calibration, golden, graph, load as load_stage, package, quantize
+from . import calibration, fallback, golden, graph, load as load_stage, package, quantize
 from .gate import run_gate
 from .options import ExportOptions
 from .recipes import check_recipe, get_recipe, with_params
@@ -69,7 +69,11 @@ def export(
     check_recipe(recipe, names, cpu["flags"])
     if opts.calibration is not None and not recipe.needs_calibration:
         raise UsageError(f"--calibration applies to recipes that calibrate (int8-static), not {recipe.name!r} — drop it")
-    calib_texts = calibration.read_texts(opts.calibration) if recipe.needs_calibration else None
+    max_drop = fallback.parse_drop(opts.max_accuracy_drop) if opts.max_accuracy_drop is not None else None
+    if opts.eval_data is not None and max_drop is None:
+        raise UsageError("--eval-data is what --max-accuracy-drop is judged on — pass both, or use `bertship eval`")
+    needs_text = recipe.needs_calibration or (max_drop is not None and opts.eval_data is None)
+    calib_texts = calibration.read_texts(opts.calibration) if needs_text else None
     package.check_out(out, opts.force)
     stages = _Stages(log)
 
@@ -95,15 +99,20 @@ def export(
             log(f"[bertship]          fused: {', '.join(f'{k} {v}' for k, v in fusion.counts.items()) or 'nothing'}")
             graph.check(fusion, opts.allow_missing_fusions)
         calib = []
-        if calib_texts is not None:
+        if calib_texts is not None and recipe.needs_calibration:
             calib = calibration.calibration_feeds(source.tokenizer, source.family.inputs, source.max_length,
                                                   calib_texts[0], calib_texts[1])
         ctx = quantize.BuildContext(staging, plain, work / "fused.onnx" if fusion else None, opts.ort_graph, recipe,
                                     calib, cpu["flags"], platform.machine(), source.tokenizer.pad_token_id)
         built: dict[str, Any] = {}
+        fallbacks: dict[str, Any] = {}
+        scorer = _scorer(source, plain, opts, calib_texts) if max_drop is not None else None
         for name in names:
             with stages.stage("build", f"{name}: {recipe.how[name]}"):
-                built[name] = quantize.build(name, ctx)
+                if scorer is None:
+                    built[name] = quantize.build(name, ctx)
+                else:
+                    built[name], fallbacks[name] = fallback.search(name, ctx, scorer, max_drop, log)
         shutil.rmtree(work)
         source.tokenizer.backend_tokenizer.save(str(staging / artifact.TOKENIZER))
         spec = {"file": artifact.TOKENIZER, "max_length": source.max_length, "pad_id": source.tokenizer.pad_token_id,
@@ -113,6 +122,8 @@ def export(
         manifest = package.base_manifest(source, built, spec, asdict(tolerance))
         manifest["recipe"] = {**recipe.as_dict(), "calibration": calib_texts[2] if calib_texts else None}
         manifest["export_options"] = opts.as_dict()
+        if fallbacks:
+            manifest["fallback"] = fallbacks
         if fusion is not None:
             manifest["graph"] = {"fusions": fusion.as_dict(), "allow_missing_fusions": opts.allow_missing_fusions}
         with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden sentences"):
@@ -128,6 +139,18 @@ def export(
         raise
     log(f"[bertship] wrote {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
     return out
+
+
+def _scorer(source, plain: Path, opts: ExportOptions, calib_texts) -> fallback.Scorer:
+    """What --max-accuracy-drop is judged on: labelled eval data, else output cosine on the calibration text."""
+    if opts.eval_data is None:
+        texts, pairs, _ = calib_texts
+        return fallback.make_scorer(plain, source, texts, pairs, None)
+    from bertship.runtimes.evaluate import read_eval_data
+
+    id2label = {str(k): v for k, v in (getattr(source.model.config, "id2label", None) or {}).items()}
+    data = read_eval_data(opts.eval_data, source.task.name, id2label)
+    return fallback.make_scorer(plain, source, data.texts, data.pairs, data.labels)
 
 
 def _load(model: Any, tokenizer: Any, opts: ExportOptions) -> load_stage.Source:

@@ -40,6 +40,7 @@ class BuildContext:
     cpu_flags: list[str]
     arch: str
     pad_id: int = 0
+    exclude: tuple[str, ...] = ()  # MatMul node names (ORT) or name regexes (OpenVINO) kept in float
 
 
 def _ort_source(ctx: BuildContext) -> Path:
@@ -77,9 +78,10 @@ def ort_int8_dynamic(ctx: BuildContext) -> dict[str, Any]:
 
     # Without VNNI, x86 int8 dot products (vpmaddubsw) can saturate on U8xS8 pairs; 7-bit weights avoid that.
     reduce_range = ctx.arch in ("x86_64", "AMD64") and not set(VNNI) & set(ctx.cpu_flags)
+    _check_names(_ort_source(ctx), ctx.exclude)
     quantize_dynamic(
         str(_ort_source(ctx)), str(_ort_target(ctx)), per_channel=True, reduce_range=reduce_range,
-        weight_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8, nodes_to_exclude=list(ctx.exclude),
         # the fused graph holds ORT contrib ops whose output types the quantizer cannot infer without a default
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
@@ -104,11 +106,13 @@ def ort_int8_static(ctx: BuildContext) -> dict[str, Any]:
 
     params = ctx.recipe.params
     work = ctx.staging / "_work"
+    work.mkdir(parents=True, exist_ok=True)
     pre = work / "preprocessed.onnx"
     # symbolic shape inference fails on opset-17 exports; ONNX shape inference is enough for QDQ placement
     quant_pre_process(str(_ort_source(ctx)), str(pre), skip_symbolic_shape=True)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
+    _check_names(pre, ctx.exclude)
     feeds = ctx.calibration
     if params["calibration_method"] != "minmax":
         # ORT's histogram calibrators stack every sample's outputs into one array, so they need one shape: pad
@@ -118,12 +122,25 @@ def ort_int8_static(ctx: BuildContext) -> dict[str, Any]:
         str(pre), str(_ort_target(ctx)), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
         per_channel=params["per_channel"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         op_types_to_quantize=list(params["op_types"]), calibrate_method=methods[params["calibration_method"]],
+        nodes_to_exclude=list(ctx.exclude),
         extra_options={"CalibTensorRangeSymmetric": False},
     )
     return _ort_entry(ctx, format="QDQ", activation_type="U8", weight_type="S8", per_channel=params["per_channel"],
                       op_types=list(params["op_types"]), calibration_method=params["calibration_method"],
                       calibration_samples=len(ctx.calibration),
                       calibration_lengths="padded to the longest" if feeds is not ctx.calibration else "real")
+
+
+def _check_names(onnx_path: Path, names: tuple[str, ...]) -> None:
+    """Excluding a node that is not in the graph would quantize it silently: fail loudly instead."""
+    if not names:
+        return
+    import onnx
+
+    present = {n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+    absent = [n for n in names if n not in present]
+    if absent:
+        raise RuntimeError(f"nodes to keep in float are not in the graph: {absent[:3]}")
 
 
 def _pad_to_longest(feeds: list[dict[str, np.ndarray]], pad_id: int) -> list[dict[str, np.ndarray]]:
@@ -186,8 +203,9 @@ def _nncf():
 
 def ov_int8_static(ctx: BuildContext) -> dict[str, Any]:
     nncf = _nncf()
+    scope = nncf.IgnoredScope(patterns=list(ctx.exclude), validate=True) if ctx.exclude else None
     model = nncf.quantize(_ov_model(ctx), nncf.Dataset(ctx.calibration), model_type=nncf.ModelType.TRANSFORMER,
-                          subset_size=len(ctx.calibration))
+                          subset_size=len(ctx.calibration), ignored_scope=scope)
     return _ov_save(ctx, model, "f32", tool="nncf.quantize", model_type="TRANSFORMER",
                     calibration_samples=len(ctx.calibration))
 
