@@ -84,6 +84,13 @@ def write_report(staging: Path, manifest: dict[str, Any]) -> None:
     (staging / artifact.REPORT).write_text(describe(manifest, staging), encoding="utf-8")
 
 
+def rewrite(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Re-render report.md and rewrite the manifest (new file checksums) after adding facts to a built artifact."""
+    (root / artifact.REPORT).unlink(missing_ok=True)
+    write_report(root, dict(manifest, files=artifact.file_entries(root)))
+    return write_manifest(root, manifest)
+
+
 def check_out(out: Path, force: bool) -> None:
     """Refuse an existing --out unless forced, before any work is done."""
     if out.exists() and not force:

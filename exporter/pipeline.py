@@ -17,7 +17,7 @@ from bertship.profiles import cpu_info
 from bertship.runtimes import artifact, backends as backend_table
 from bertship.runtimes.errors import UsageError
 
-from . import calibration, fallback, golden, graph, load as load_stage, package, quantize
+from . import auto, calibration, fallback, golden, graph, load as load_stage, package, quantize
 from .gate import run_gate
 from .options import ExportOptions
 from .recipes import check_recipe, get_recipe, with_params
@@ -61,6 +61,12 @@ def export(
     if options is not None and option_values:
         raise UsageError("pass options= or option keywords, not both")
     out = Path(out)
+    if opts.recipe == "auto":
+        names = backend_table.parse_backends(opts.backends or tuple(auto.CANDIDATES))
+        for name in names:
+            backend_table.require(name)
+        package.check_out(out, opts.force)
+        return auto.run_auto(lambda **kw: export(model, tokenizer, **kw), out, opts, names, cpu_info()["flags"], log)
     recipe = with_params(get_recipe(opts.recipe), calibration_method=opts.calibration_method)
     names = backend_table.parse_backends(opts.backends if opts.backends is not None else tuple(recipe.how))
     for name in names:

@@ -50,6 +50,24 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
             lines.append(f"- MISSING {op}: {text} (accepted with --allow-missing-fusions)")
         if fusions.get("note"):
             lines.append(f"- note: {fusions['note']}")
+    for backend, fb in manifest.get("fallback", {}).items():
+        kept = ", ".join(k["group"] for k in fb["kept_float"]) or "none"
+        lines += ["", f"## Accuracy-aware fallback ({backend})", "",
+                  f"- {fb['metric']}: fp32 {fb['fp32']:.4f}, everything quantized {fb['all_quantized']:.4f}, "
+                  f"limit {fb['target']:.4f} ({fb['max_drop']:.2%} drop), final {fb['final']:.4f}",
+                  f"- kept in float (most sensitive first): {kept}"]
+    choice = manifest.get("auto")
+    if choice:
+        lines += ["", "## recipe auto: candidates", "", f"Winner: {choice['winner']['recipe']} on "
+                  f"{choice['winner']['backend']} — {choice['why']}.", "",
+                  "| recipe | backend | score | p50 ms | size MB | verdict |", "|---|---|---|---|---|---|"]
+        for c in choice["candidates"]:
+            if "score" in c:
+                verdict = "within limit" if c["within_limit"] else "over the limit"
+                lines.append(f"| {c['recipe']} | {c['backend']} | {c['metric']} {c['score']:.4f} | {c['p50_ms']:.2f} "
+                             f"| {c['size_bytes'] / 1e6:.1f} | {verdict} |")
+            else:
+                lines.append(f"| {c['recipe']} | {c['backend']} | — | — | — | failed: {c['reason'][:80]} |")
     lines += ["", "## Files", "", "| file | size | sha256 |", "|---|---|---|"]
     for f in manifest.get("files", []):
         lines.append(f"| {f['path']} | {_mb(f['bytes'])} | {f['sha256'][:12]}… |")
