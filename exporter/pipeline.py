@@ -17,7 +17,7 @@ from bertship.profiles import cpu_info
 from bertship.runtimes import artifact, backends as backend_table
 from bertship.runtimes.errors import UsageError
 
-from . import auto, calibration, fallback, golden, graph, load as load_stage, package, quantize
+from . import auto, calibration, fallback, golden, graph, load as load_stage, package, qat, quantize
 from .gate import run_gate
 from .options import ExportOptions
 from .recipes import check_recipe, get_recipe, with_params
@@ -85,6 +85,7 @@ def export(
 
     with stages.stage("load", "checking and loading the model"):
         source = _load(model, tokenizer, opts)
+        qat_record = _check_qat(source, recipe)
         texts, pairs = golden.golden_texts(source)
         feeds = golden.golden_feeds(source, texts, pairs)
         refs = golden.reference_outputs(source, feeds)
@@ -103,7 +104,8 @@ def export(
                 fusion = graph.optimize(plain, source.family, graph.num_layers(source.model.config),
                                         work / "fused.onnx")
             log(f"[bertship]          fused: {', '.join(f'{k} {v}' for k, v in fusion.counts.items()) or 'nothing'}")
-            graph.check(fusion, opts.allow_missing_fusions)
+            if qat_record is None:  # Q/DQ pairs break the float fusion patterns; ORT fuses them its own way at load
+                graph.check(fusion, opts.allow_missing_fusions)
         calib = []
         if calib_texts is not None and recipe.needs_calibration:
             calib = calibration.calibration_feeds(source.tokenizer, source.family.inputs, source.max_length,
@@ -130,6 +132,8 @@ def export(
         manifest["export_options"] = opts.as_dict()
         if fallbacks:
             manifest["fallback"] = fallbacks
+        if qat_record is not None:
+            manifest["recipe"]["qat"] = qat_record
         if fusion is not None:
             manifest["graph"] = {"fusions": fusion.as_dict(), "allow_missing_fusions": opts.allow_missing_fusions}
         with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden sentences"):
@@ -145,6 +149,18 @@ def export(
         raise
     log(f"[bertship] wrote {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
     return out
+
+
+def _check_qat(source: load_stage.Source, recipe) -> dict[str, Any] | None:
+    """A QAT model must be exported with int8-qat and int8-qat needs one; freezes its fake-quantize modules."""
+    has_fq = bool(qat.fake_quant_modules(source.model))
+    if has_fq and recipe.name != "int8-qat":
+        raise UsageError(f"this model carries fake-quantize modules (quantization-aware training) — export it with "
+                         f"--recipe int8-qat, not {recipe.name!r}")
+    if recipe.name == "int8-qat" and not has_fq:
+        raise UsageError("recipe int8-qat needs a model with torch.ao fake-quantize modules (prepare_qat) — use "
+                         "int8-static or int8-dynamic for a float model")
+    return qat.freeze(source.model) if has_fq else None
 
 
 def _scorer(source, plain: Path, opts: ExportOptions, calib_texts) -> fallback.Scorer:

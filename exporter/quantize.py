@@ -23,7 +23,7 @@ ORT_MODEL = BACKENDS["onnxruntime"].model_file
 OV_MODEL = BACKENDS["openvino"].model_file
 VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
 # What ONNX Runtime computes in under each recipe (it reports nothing itself): recorded as the runner's precision.
-ORT_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8",
+ORT_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8", "int8-qat": "int8",
                  "int8-weight-only": "int8-weights", "int4-weight-only": "int4-weights"}
 
 
@@ -61,6 +61,22 @@ def _ort_target(ctx: BuildContext) -> Path:
 def ort_fp32(ctx: BuildContext) -> dict[str, Any]:
     shutil.copyfile(_ort_source(ctx), _ort_target(ctx))
     return _ort_entry(ctx)
+
+
+def ort_qat(ctx: BuildContext) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    shutil.copyfile(ctx.plain_onnx, _ort_target(ctx))
+    # What ONNX Runtime makes of the Q/DQ pairs at load is the point of QAT: count the integer kernels it chose.
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(ctx.staging / "_work" / "ort-optimized.onnx")
+    ort.InferenceSession(str(ctx.plain_onnx), so, providers=["CPUExecutionProvider"])
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath, load_external_data=False).graph.node]
+    integer = {op: ops.count(op) for op in sorted(set(ops)) if op.startswith(("QGemm", "QLinear", "MatMulInteger",
+                                                                               "QAttention", "DynamicQuantize"))}
+    return _ort_entry(ctx, source="Q/DQ from fake-quantize modules", integer_ops_at_load=integer)
 
 
 def ort_fp16(ctx: BuildContext) -> dict[str, Any]:
@@ -194,6 +210,10 @@ def ov_fp16(ctx: BuildContext) -> dict[str, Any]:
                     note="fp16 weights; the CPU plugin decompresses them and computes in f32: a size recipe on CPU")
 
 
+def ov_qat(ctx: BuildContext) -> dict[str, Any]:
+    return _ov_save(ctx, _ov_model(ctx), "f32", source="Q/DQ from fake-quantize modules")
+
+
 def _nncf():
     import nncf
 
@@ -225,12 +245,14 @@ HANDLERS: dict[tuple[str, str], Callable[[BuildContext], dict[str, Any]]] = {
     ("onnxruntime", "fp16"): ort_fp16,
     ("onnxruntime", "int8-dynamic"): ort_int8_dynamic,
     ("onnxruntime", "int8-static"): ort_int8_static,
+    ("onnxruntime", "int8-qat"): ort_qat,
     ("onnxruntime", "int8-weight-only"): ort_weight_only,
     ("onnxruntime", "int4-weight-only"): ort_weight_only,
     ("openvino", "fp32"): ov_fp32,
     ("openvino", "bf16"): ov_bf16,
     ("openvino", "fp16"): ov_fp16,
     ("openvino", "int8-static"): ov_int8_static,
+    ("openvino", "int8-qat"): ov_qat,
     ("openvino", "int8-weight-only"): ov_weight_only,
     ("openvino", "int4-weight-only"): ov_weight_only,
 }

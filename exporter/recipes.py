@@ -71,6 +71,11 @@ RECIPES: dict[str, Recipe] = {
                {}, _INT8, needs_calibration=True,
                params={"calibration_method": "minmax", "per_channel": True, "activation_type": "U8",
                        "weight_type": "S8", "op_types": ["MatMul"]}),
+        Recipe("int8-qat", "a quantization-aware-trained model (torch.ao fake-quantize modules): its learned scales "
+               "become Q/DQ pairs and it runs as int8, no calibration",
+               {"onnxruntime": "the Q/DQ graph as exported; ORT turns Q/DQ groups into int8 kernels at load",
+                "openvino": "IR from the Q/DQ graph; the CPU plugin runs the FakeQuantize groups in int8"},
+               {}, _INT8),
         Recipe("int8-weight-only", "int8 weights, float compute: 4x smaller MatMul weights, near-fp32 accuracy",
                {"onnxruntime": "MatMulNBits (bits=8, block 32)", "openvino": "nncf.compress_weights(INT8_ASYM)"},
                {}, _INT8_WO, params={"bits": 8, "block_size": 32}),
