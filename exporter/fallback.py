@@ -38,7 +38,8 @@ def parse_drop(text: str | float) -> float:
 
 @dataclass(frozen=True)
 class Scorer:
-    """Scores a runner on fixed batches: accuracy with labels, else mean cosine of outputs vs the fp32 graph's."""
+    """Scores a runner on fixed batches: accuracy with labels; without labels, agreement with the fp32 graph's
+    predictions for a classifier (its few logits have no direction worth a cosine), else mean output cosine."""
 
     feeds: list[dict[str, np.ndarray]]
     labels: list[np.ndarray] | None
@@ -48,9 +49,10 @@ class Scorer:
 
     def __call__(self, runner) -> float:
         outs = [_first(runner.run(f)) for f in self.feeds]
-        if self.labels is not None:
-            right = sum(int((o.argmax(-1) == y).sum()) for o, y in zip(outs, self.labels))
-            return right / sum(len(y) for y in self.labels)
+        if self.labels is not None or self.metric == "agreement":
+            labels = self.labels or [r.argmax(-1) for r in self.reference]
+            right = sum(int((o.argmax(-1) == y).sum()) for o, y in zip(outs, labels))
+            return right / sum(len(y) for y in labels)
         cos = []
         for o, r in zip(outs, self.reference):
             a, b = o.reshape(len(o), -1).astype(np.float64), r.reshape(len(r), -1).astype(np.float64)
@@ -78,13 +80,15 @@ def make_scorer(plain_onnx: Path, source, texts: list[str], pairs: list[str] | N
         feeds.append({n: np.asarray(enc[n], dtype=np.int64) for n in source.family.inputs})
         if labels is not None:
             label_batches.append(np.asarray([labels[i] for i in idx]))
-    return _scorer(plain_onnx, feeds, label_batches if labels is not None else None)
+    classifier = [list(o.axes) for o in source.task.outputs] == [["batch", "labels"]]
+    return _scorer(plain_onnx, feeds, label_batches if labels is not None else None, classifier)
 
 
-def _scorer(plain_onnx: Path, feeds, labels) -> Scorer:
+def _scorer(plain_onnx: Path, feeds, labels, classifier: bool) -> Scorer:
     ref_runner = backends.runner_class("onnxruntime")(plain_onnx, None, None)
     reference = [_first(ref_runner.run(f)) for f in feeds]
-    scorer = Scorer(feeds, labels, reference, "accuracy" if labels is not None else "cosine", 1.0)
+    metric = "accuracy" if labels is not None else "agreement" if classifier else "cosine"
+    scorer = Scorer(feeds, labels, reference, metric, 1.0)
     return replace(scorer, fp32=scorer(ref_runner))
 
 

@@ -69,12 +69,12 @@ def test_eval_labels_by_index(tiny_artifact, tmp_path):
 
 def test_fallback_search_keeps_groups_until_the_limit_holds(tiny_folder, labelled, tmp_path):
     # Random weights barely suffer from int8, so a near-zero allowed drop forces the full search.
-    out = export(tiny_folder("bert", "sequence-classification"), out=tmp_path / "a", recipe="int8-static",
+    out = export(tiny_folder("bert", "feature-extraction"), out=tmp_path / "a", recipe="int8-static",
                  backends="onnxruntime", max_accuracy_drop="0.000001%", log=quiet)
     manifest = json.loads((out / "manifest.json").read_text())
     record = manifest["fallback"]["onnxruntime"]
     assert record["metric"] == "cosine"
-    # the pooler and classifier export as Gemm, which the recipe leaves in float: no group for them
+    # hidden states only: the unused pooler is not in the graph
     assert set(record["sensitivity"]) == {"layer 0 linear", "layer 0 attention scores", "layer 1 linear",
                                           "layer 1 attention scores"}
     gains = [k["gain_alone"] for k in record["kept_float"]]
@@ -82,6 +82,13 @@ def test_fallback_search_keeps_groups_until_the_limit_holds(tiny_folder, labelle
     assert record["final"] >= record["target"]
     assert manifest["backends"]["onnxruntime"]["build"]["kept_float"] == [k["group"] for k in record["kept_float"]]
     assert manifest["export_options"]["max_accuracy_drop"] == "0.000001%"
+
+
+def test_fallback_without_labels_on_a_classifier_uses_prediction_agreement(tiny_folder, tmp_path):
+    out = export(tiny_folder("bert", "sequence-classification"), out=tmp_path / "a", recipe="int8-dynamic",
+                 backends="onnxruntime", max_accuracy_drop="1%", log=quiet)
+    record = json.loads((out / "manifest.json").read_text())["fallback"]["onnxruntime"]
+    assert record["metric"] == "agreement" and record["fp32"] == 1.0 and record["final"] >= 0.99
 
 
 def test_fallback_on_labelled_data_with_openvino(tiny_folder, labelled, tmp_path):
@@ -95,7 +102,7 @@ def test_fallback_on_labelled_data_with_openvino(tiny_folder, labelled, tmp_path
 def test_fallback_that_cannot_reach_the_limit(tiny_folder, tmp_path, monkeypatch, capsys):
     real = fallback.groups
     monkeypatch.setattr(fallback, "groups", lambda plain, backend: {"layer 0 linear": real(plain, backend)["layer 0 linear"]})
-    code = main(["export", str(tiny_folder("bert", "sequence-classification")), "--recipe", "int8-static",
+    code = main(["export", str(tiny_folder("bert", "feature-extraction")), "--recipe", "int8-static",
                  "--backends", "onnxruntime", "--max-accuracy-drop", "0.000001%", "--out", str(tmp_path / "o")])
     assert code == 4
     assert "every MatMul group in float" in capsys.readouterr().err
