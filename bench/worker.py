@@ -1,21 +1,29 @@
 """Times one artifact on one backend in this process: `python -m bertship.bench.worker ART --backend B ...`.
 
 Each backend runs in its own process (on 2 cores, timing several runtimes in one process skews them by up to 70 %).
-Prints one JSON object: raw milliseconds per shape, load time, peak RSS, the precision the backend reports, and the
-harness's own per-call overhead. Torch-free.
+Prints one JSON object: raw milliseconds per shape in timed blocks (each with the foreign CPU load seen during it;
+a block taken under load is measured again, up to --retries times), load time, peak RSS, the precision and execution
+providers the backend reports, fidelity on the golden inputs, and the harness's own per-call overhead. On a bertship
+error it prints {"error", "exit_code"} and exits with that code. Torch-free.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import random
 import resource
 import sys
 import time
-from typing import Any
+from importlib import metadata
+from typing import Any, Callable
 
 import numpy as np
+
+from .procload import LoadWatch
+
+PACKAGES = ("onnxruntime", "openvino", "numpy", "tokenizers")
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -43,65 +51,190 @@ def real_feeds(model, batch: int, seq: int) -> dict[str, np.ndarray]:
     return {name: feeds[name] for name in model.input_names}
 
 
-def harness_overhead_us(calls: int = 20000) -> float:
-    """Per-call cost of the timing loop itself (perf_counter pair + append + a no-op call), in microseconds."""
-    noop = lambda: None  # noqa: E731
-    samples: list[float] = []
-    start = time.perf_counter()
+def text_batches(model, path: str, batch: int, limit: int) -> list[tuple[dict[str, np.ndarray], int]]:
+    """The first `limit` non-empty lines of a text file as (feeds, texts) batches at their real token lengths: sorted
+    by length, each batch padded only to its own longest member, as Model.encode does."""
+    with open(path, encoding="utf-8") as fh:
+        texts = [line.strip() for line in fh if line.strip()][:limit]
+    if not texts:
+        raise SystemExit(f"text workload {path} has no non-empty lines")
+    encodings = sorted(model.tokenizer.tokenize(texts), key=lambda e: len(e.ids))
+    return [(model.tokenizer.pad(encodings[i : i + batch]), len(encodings[i : i + batch]))
+            for i in range(0, len(encodings), batch)]
+
+
+def _runner_options(args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
+    """ONNX Runtime providers (placed on what this build has) and IO binding, from the --runtime JSON."""
+    spec = json.loads(args.runtime or "{}")
+    if args.backend != "onnxruntime":
+        return {}
+    from bertship.runtimes.providers import place
+
+    placement = place(spec.get("providers") or ["CPUExecutionProvider"], spec.get("provider_options"),
+                      require=spec.get("require", ()))
+    notes.extend(placement.notes)
+    return {"providers": placement.session_providers(), "io_binding": bool(spec.get("io_binding")),
+            "io_device": placement.device}
+
+
+def _environment(model, args: argparse.Namespace, runner_options: dict[str, Any]) -> dict[str, Any]:
+    """What produced these numbers: backend, the providers and precision the runtime reports, package versions."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "backend": args.backend, "threads": args.threads, "precision": model.precision,
+        "providers": list(getattr(model.runner, "providers", ())), "io_binding": bool(runner_options.get("io_binding")),
+        "model_file": model.manifest["backends"][args.backend]["model"], "python": platform.python_version(),
+        "packages": versions,
+    }
+
+
+def _fidelity(model) -> dict[str, Any] | None:
+    """Min/mean cosine of this backend's outputs vs the artifact's golden PyTorch outputs, computed here."""
+    from bertship.runtimes.verify import backend_checks, read_golden
+
+    if "golden" not in model.manifest:
+        return None
+    feeds, refs, _, _ = read_golden(model.root, model.manifest)
+    report, failures = backend_checks(model.runner, model.manifest, feeds, refs)
+    return {"cosine_min": min(o["cosine_min"] for o in report["outputs"]),
+            "cosine_mean": min(o["cosine_mean"] for o in report["outputs"]), "failures": failures}
+
+
+def _timed(call: Callable[[], Any], calls: int) -> list[float]:
+    """Milliseconds of each of `calls` calls: the one timing loop every number comes from."""
+    samples = []
     for _ in range(calls):
-        t0 = time.perf_counter()
-        noop()
-        samples.append(time.perf_counter() - t0)
+        t = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - t) * 1000.0)
+    return samples
+
+
+def harness_overhead_us(calls: int = 20000) -> float:
+    """Per-call cost of the timing loop itself (_timed around a call of a no-op), in microseconds."""
+    noop = lambda _: None  # noqa: E731
+    start = time.perf_counter()
+    _timed(lambda: noop(None), calls)
     return (time.perf_counter() - start) / calls * 1e6
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from bertship.runtimes import load
-
-    t0 = time.perf_counter()
-    model = load(args.artifact, backend=args.backend, threads=args.threads)
-    load_s = time.perf_counter() - t0
-    feeds = {f"{b}x{s}": real_feeds(model, b, s) for b, s in args.shapes}
-    for key, f in feeds.items():
-        for _ in range(args.warmup):
-            model.runner.run(f)
-    samples: dict[str, list[float]] = {key: [] for key in feeds}
-    order = list(feeds)
+def timed_blocks(run: Callable, work: dict[str, list], args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """Shuffled rounds of timed blocks per workload key; a block taken under foreign load is timed again (up to
+    --retries times) and kept flagged when the load does not pass. Once a block's retries all ran under load, the
+    load is persistent: later blocks are not retried until one comes out clean (retrying would only triple the run)."""
+    blocks: dict[str, list[dict[str, Any]]] = {key: [] for key in work}
+    order = list(work)
     rng = random.Random(args.seed)
-    for _ in range(args.rounds):
+    persistent = False
+    for r in range(args.rounds):
         rng.shuffle(order)  # shuffled rounds: a slow phase of the machine does not land on one shape only
         for key in order:
-            f = feeds[key]
-            run = model.runner.run
-            for _ in range(args.iters):
-                t = time.perf_counter()
-                run(f)
-                samples[key].append((time.perf_counter() - t) * 1000.0)
+            retries = 0 if persistent else args.retries
+            for attempt in range(retries + 1):
+                watch = LoadWatch()
+                if key == "text":
+                    calls = list(work[key])
+                    rng.shuffle(calls)
+                    ms = [x for feeds, _ in calls for x in _timed(lambda f=feeds: run(f), 1)]
+                    items = [n for _, n in calls]
+                else:
+                    feeds = work[key][0][0]
+                    ms = _timed(lambda: run(feeds), args.iters)
+                    items = [work[key][0][1]] * len(ms)
+                foreign = watch.foreign()
+                loaded = foreign is not None and foreign > args.load_limit
+                kept = not loaded or attempt == retries
+                blocks[key].append({"round": r, "attempt": attempt, "ms": ms, "items": items, "foreign": foreign,
+                                    "loaded": loaded, "kept": kept})
+                if kept:
+                    persistent = loaded and (persistent or retries > 0)
+                    break
+                time.sleep(0.5 * (attempt + 1))  # let a burst of foreign load pass before measuring again
+    return blocks
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the artifact, warm up, time every workload in blocks, and return the worker's JSON record."""
+    from bertship.runtimes import load
+
+    notes: list[str] = []
+    options = _runner_options(args, notes)
+    spec = json.loads(args.runtime or "{}")
+    watch = LoadWatch()
+    t0 = time.perf_counter()
+    model = load(args.artifact, backend=args.backend, threads=args.threads, runner_options=options)
+    load_s = time.perf_counter() - t0
+    load_foreign = watch.foreign()
+    if spec.get("model_format") == "ort" and not model.manifest["backends"][args.backend]["model"].endswith(".ort"):
+        notes.append("the profile expects an ORT-format model (.ort); this artifact holds "
+                     f"{model.manifest['backends'][args.backend]['model']}, which was timed instead")
+    run = model.runner.run
+    # Each workload is a list of (feeds, items) calls; a block is `iters` calls of a shape, or one pass of the text.
+    work: dict[str, list[tuple[dict[str, np.ndarray], int]]] = {f"{b}x{s}": [(real_feeds(model, b, s), b)]
+                                                                 for b, s in args.shapes}
+    if args.text:
+        work["text"] = text_batches(model, args.text, args.text_batch, args.text_limit)
+    for calls in work.values():
+        for feeds, _ in calls:
+            for _ in range(args.warmup):
+                run(feeds)
+    blocks = timed_blocks(run, work, args)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # before the golden batches run
+    fidelity = _fidelity(model) if args.fidelity else None
     return {
         "artifact": str(args.artifact),
         "backend": args.backend,
         "threads": args.threads,
         "precision": model.precision,
         "load_s": load_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "load_foreign": load_foreign,
+        "peak_rss_mb": peak_rss_mb,
         "harness_overhead_us": harness_overhead_us(),
-        "settings": {"warmup": args.warmup, "iters": args.iters, "rounds": args.rounds, "seed": args.seed},
-        "samples_ms": samples,
+        "settings": {"warmup": args.warmup, "iters": args.iters, "rounds": args.rounds, "seed": args.seed,
+                     "load_limit": args.load_limit, "retries": args.retries},
+        "env": _environment(model, args, options),
+        "fidelity": fidelity,
+        "notes": notes,
+        "blocks": blocks,
+        "samples_ms": {key: [x for b in bl if b["kept"] for x in b["ms"]] for key, bl in blocks.items()},
     }
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the worker's arguments, measure, print one JSON line; a bertship error is printed as JSON too."""
     parser = argparse.ArgumentParser(prog="python -m bertship.bench.worker", description=__doc__.splitlines()[0])
     parser.add_argument("artifact")
     parser.add_argument("--backend", required=True)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--shapes", type=parse_shape, nargs="+", default=[(1, 128)])
+    parser.add_argument("--shapes", type=parse_shape, nargs="*", default=[(1, 128)])
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runtime", default=None, help="JSON: providers, require, provider_options, io_binding, "
+                        "model_format (from the profile's [[runtimes]] entry)")
+    parser.add_argument("--text", default=None, help="a text file, one text a line: timed at real lengths")
+    parser.add_argument("--text-batch", type=int, default=32)
+    parser.add_argument("--text-limit", type=int, default=512)
+    parser.add_argument("--load-limit", type=float, default=0.15, help="foreign CPU share above which a block is "
+                        "measured again")
+    parser.add_argument("--retries", type=int, default=0)
+    parser.add_argument("--fidelity", action="store_true", help="also compare outputs with the golden references")
     args = parser.parse_args(argv)
-    json.dump(measure(args), sys.stdout)
+    from bertship.runtimes.errors import BertshipError
+
+    try:
+        result = measure(args)
+    except BertshipError as exc:
+        json.dump({"error": str(exc), "exit_code": exc.exit_code, "kind": type(exc).__name__}, sys.stdout)
+        sys.stdout.write("\n")
+        return exc.exit_code
+    json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0
 

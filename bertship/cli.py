@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -75,6 +76,28 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    an = sub.add_parser("analyze", help="per-layer sparsity report of a model folder; never changes the model",
+                        epilog=_exit_codes_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    an.add_argument("model", nargs="?", default=None,
+                    help="Hugging Face model folder (default: the bundled all-MiniLM-L6-v2)")
+    an.add_argument("--seq-len", type=int, default=128, help="sequence length the FLOPs are counted for (default: 128)")
+    an.add_argument("--json", dest="json_file", default=None, help="also write the full report as JSON to this file")
+    an.add_argument("--plot", default=None, help="also write a per-layer heat map (.png; needs the plots extra)")
+
+    pr = sub.add_parser("prune", help="zero the least important heads and FFN neurons into a new checkpoint folder",
+                        epilog=_exit_codes_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("model", help="Hugging Face model folder")
+    pr.add_argument("--out", required=True, help="checkpoint folder to write (refused if it exists, unless --force)")
+    pr.add_argument("--heads", default="0%", help="fraction of attention heads to zero, e.g. 50%% (default: 0%%)")
+    pr.add_argument("--ffn", default="0%", help="fraction of FFN neurons to zero, e.g. 50%% (default: 0%%)")
+    pr.add_argument("--data", default=None, help="labelled .tsv (text<TAB>label) or .jsonl: gradient importance "
+                    "(Michel et al. 2019) with the checkpoint's classification head; default: weight magnitude")
+    pr.add_argument("--ranking", default="global", help="global (default: layers keep different counts) or per-layer")
+    pr.add_argument("--recover-steps", type=int, default=0, help="fine-tune steps on --data after pruning (default: 0)")
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--max-length", type=int, default=128, help="tokens per --data row (default: %(default)s)")
+    pr.add_argument("--force", action="store_true", help="replace a folder an earlier `bertship prune` wrote")
+
     ins = sub.add_parser("inspect", help="show what an artifact holds (torch-free)")
     ins.add_argument("artifact")
     ins.add_argument("--json", action="store_true", help="print the manifest")
@@ -98,6 +121,31 @@ def _parser() -> argparse.ArgumentParser:
     ovm.add_argument("--threads", type=int, default=None, help="INFERENCE_NUM_THREADS (default: OpenVINO's)")
     ovm.add_argument("--name", default=None, help="model name (default: from the artifact folder)")
     ovm.add_argument("--force", action="store_true", help="replace an existing folder at --out")
+
+    pf = sub.add_parser("profiles", help="list the device profiles, or show one and whether this machine fits it")
+    pf.add_argument("action", nargs="?", choices=["show"], help="show NAME: print one profile")
+    pf.add_argument("name", nargs="?", help="a shipped profile name or a .toml file")
+    pf.add_argument("--json", action="store_true", help="print the profile as JSON")
+
+    for name, text in (("bench", "time an artifact under a device profile, each job in its own process (torch-free)"),
+                       ("check", "judge a profile's budgets (and a baseline) on this machine; exit 0 or 7/8/9")):
+        bc = sub.add_parser(name, help=text, epilog=_exit_codes_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        bc.add_argument("artifact", nargs="?" if name == "check" else None, help="the artifact directory")
+        bc.add_argument("--profile", required=True, help="a profile name (`bertship profiles`) or a .toml file")
+        bc.add_argument("--reference", default=None,
+                        help="an artifact timed in the same run, for budgets relative to it (e.g. the fp32 export)")
+        bc.add_argument("--shapes", default=None, help="BATCHxSEQUENCE list instead of the profile's, e.g. 1x128,8x128")
+        bc.add_argument("--threads", default=None, help="thread settings instead of the profile's, e.g. 1,2 or cores")
+        bc.add_argument("--backends", default=None, help="only these of the profile's backends, e.g. onnxruntime")
+        bc.add_argument("--text", default=None, help="a text file (one text a line) timed at its real token lengths")
+        bc.add_argument("--json", default=None, help="write the results (raw ms, environment) to this JSON file")
+        bc.add_argument("--markdown", default=None, help="write the results as Markdown to this file")
+        bc.add_argument("--plots", default=None, help="write latency plots into this folder (needs the plots extra)")
+        if name == "check":
+            bc.add_argument("--baseline", default=None, help="an earlier bench JSON of the same model and shapes: "
+                            "fail on a slowdown beyond the profile's [baseline] allowance")
+            bc.add_argument("--results", default=None, help="judge this bench JSON instead of measuring")
+            bc.add_argument("--junit", default=None, help="write one JUnit testcase per check to this XML file")
     return parser
 
 
@@ -116,6 +164,43 @@ def _cmd_export(args: argparse.Namespace) -> int:
         max_length=args.max_length, pooling=args.pooling, normalize=args.normalize, threads=args.threads,
     )
     export(args.model, out=args.out, options=options)
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        raise BackendMissingError("analyze needs torch and transformers — pip install 'bertship[export]'")
+    from pathlib import Path
+
+    from bertship.exporter.load import default_model_path
+    from bertship.exporter.sparsity import analyze, load_model, plot
+    from bertship.runtimes.errors import UsageError
+
+    if args.seq_len < 1:
+        raise UsageError(f"--seq-len {args.seq_len} is not a length — give a positive number of tokens, e.g. 128")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise BackendMissingError("--plot needs matplotlib — pip install 'bertship[plots]'")
+    report = analyze(load_model(args.model or default_model_path()), seq_len=args.seq_len)
+    print(report.table())
+    if args.json_file:
+        Path(args.json_file).write_text(json.dumps(report.as_dict(), indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.json_file}")
+    if args.plot:
+        print(f"wrote {plot(report, args.plot)}")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        raise BackendMissingError("prune needs torch and transformers — pip install 'bertship[export]'")
+    from bertship.exporter.prune import prune
+
+    record = prune(args.model, args.out, heads=args.heads, ffn=args.ffn, data=args.data, ranking=args.ranking,
+                   recover_steps=args.recover_steps, batch_size=args.batch_size, max_length=args.max_length,
+                   force=args.force, log=lambda m: print(m, file=sys.stderr))
+    heads = sum(len(h) for h in record["heads_zeroed"].values())
+    print(f"wrote {args.out}: {heads} head(s) and {sum(record['neurons_zeroed'].values())} FFN neuron(s) zeroed "
+          f"({record['importance']}, {record['ranking']} ranking); `bertship export {args.out} --compact` removes them")
     return 0
 
 
@@ -203,8 +288,27 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from bertship.bench import commands
+
+    return commands.profiles(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bertship.bench import commands
+
+    return commands.bench(args)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from bertship.bench import commands
+
+    return commands.check(args)
+
 COMMANDS = {"export": _cmd_export, "verify": _cmd_verify, "inspect": _cmd_inspect, "recipes": _cmd_recipes, "eval": _cmd_eval,
-            "deploy": _cmd_deploy}
+            "deploy": _cmd_deploy, "analyze": _cmd_analyze, "prune": _cmd_prune,
+            "profiles": _cmd_profiles, "bench": _cmd_bench, "check": _cmd_check}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bertship: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Exception as exc:  # a bug: say so, keep exit code 1 distinct from the documented ones
         if args.debug:
             raise

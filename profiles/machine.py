@@ -15,6 +15,15 @@ ISA_FLAGS = (
 )
 
 
+# Arm Ltd. cores (CPU implementer 0x41) by "CPU part": ARM Linux names no model, and baselines are matched by it.
+ARM_PARTS = {
+    "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72",
+    "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76", "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77",
+    "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78", "0xd44": "Cortex-X1", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710",
+    "0xd48": "Cortex-X2", "0xd49": "Neoverse-N2", "0xd4d": "Cortex-A715", "0xd4e": "Cortex-X3", "0xd4f": "Neoverse-V2",
+}
+
+
 def cpu_info(cpuinfo: str | None = None) -> dict[str, object]:
     """CPU model, architecture, logical cores, and which ISA_FLAGS are present (from /proc/cpuinfo on Linux)."""
     text = cpuinfo
@@ -22,6 +31,7 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, object]:
         path = Path("/proc/cpuinfo")
         text = path.read_text(errors="replace") if path.exists() else ""
     model = ""
+    parts: list[str] = []
     flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -30,9 +40,50 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, object]:
             model = value.strip()
         elif key in ("flags", "features"):
             flags.update(value.split())
+        elif key == "cpu part" and value.strip() not in parts:
+            parts.append(value.strip())
+    if not model and parts:  # big.LITTLE chips list several parts
+        model = "ARM " + " + ".join(ARM_PARTS.get(p, f"CPU part {p}") for p in parts)
     return {
         "model": model or platform.processor() or "unknown",
         "arch": platform.machine(),
         "cores": os.cpu_count() or 1,
         "flags": sorted(f for f in ISA_FLAGS if f in flags),
     }
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which a container or taskset can narrow), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def gpu_names(timeout_s: float = 10.0) -> list[str]:
+    """NVIDIA GPUs that `nvidia-smi -L` lists here; empty when there is no nvidia-smi or it fails."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=timeout_s, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.split(":", 1)[1].split("(UUID")[0].strip() for line in out.splitlines() if line.startswith("GPU ")]
+
+
+def ort_providers() -> list[str]:
+    """ONNX Runtime's execution providers here (empty when onnxruntime is not installed); imports it only now."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return list(onnxruntime.get_available_providers())
+
+
+def machine_facts() -> dict[str, object]:
+    """What a profile is checked against: cpu_info() plus usable cores, ONNX Runtime providers and NVIDIA GPUs."""
+    return {**cpu_info(), "usable_cores": usable_cores(), "providers": ort_providers(), "gpus": gpu_names()}

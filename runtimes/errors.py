@@ -49,10 +49,24 @@ class BackendMissingError(BertshipError):
     exit_code = 6
 
 
+class BudgetError(BertshipError):
+    """Raised by `bertship check` when a measured budget (latency, throughput, memory, size, load time, fidelity) or
+    the comparison with a baseline fails, after a suspected latency failure was re-measured and confirmed."""
+
+    exit_code = 7
+
+
 class MachineError(BertshipError):
     """Raised when this machine lacks what was asked for: a CPU feature (ISA flag), a GPU, an execution provider."""
 
     exit_code = 8
+
+
+class InconclusiveError(BertshipError):
+    """Raised by `bertship check` when a check failed only on timings taken while other processes loaded the CPU, or
+    its baseline was timed under such load: the measurement cannot judge the artifact."""
+
+    exit_code = 9
 
 
 class FusionError(BertshipError):
@@ -70,6 +84,8 @@ EXIT_CODES: dict[int, str] = {
     FidelityError.exit_code: "fidelity gate failed: a backend's outputs differ from the reference beyond tolerance",
     ArtifactError.exit_code: "artifact integrity: a file is missing or changed, or the format version is unknown",
     BackendMissingError.exit_code: "a backend or the exporter is not installed (the message names the extra)",
+    BudgetError.exit_code: "a budget or the baseline comparison failed (bertship check; the table names each margin)",
     MachineError.exit_code: "this machine lacks what a recipe or profile needs (names the missing CPU flag or device)",
+    InconclusiveError.exit_code: "inconclusive: a check failed, or its baseline was timed, under foreign CPU load",
     FusionError.exit_code: "graph optimization incomplete: an expected fused op is missing (names op and layers)",
 }

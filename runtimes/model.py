@@ -205,12 +205,14 @@ class Model:
 
 
 def load(
-    path: str | Path, backend: str | None = None, threads: int | None = None, truncation: str = "truncate"
+    path: str | Path, backend: str | None = None, threads: int | None = None, truncation: str = "truncate",
+    runner_options: dict[str, Any] | None = None,
 ) -> Model:
     """Load an artifact: verify the checksums of the files this backend needs, then start the backend.
 
     `backend` defaults to the first backend recorded in the manifest that is installed here. `truncation` is what
     text methods do with inputs longer than the max length by default: "truncate" (cut them) or "error".
+    `runner_options` are added to the manifest's backend options, e.g. ONNX Runtime `providers` and `io_binding`.
     """
     root = Path(path)
     manifest = artifact.read_manifest(root)
@@ -227,6 +229,7 @@ def load(
     needed = artifact.backend_files(manifest, backend)
     artifact.check_files(root, manifest, only=needed)
     entry = manifest["backends"][backend]
-    runner = backends.runner_class(backend)(root / entry["model"], threads, entry.get("options"))
+    options = {**entry.get("options", {}), **(runner_options or {})}
+    runner = backends.runner_class(backend)(root / entry["model"], threads, options)
     encoder = TextEncoder(root / artifact.TOKENIZER, manifest["tokenizer"])
     return Model(root, manifest, runner, encoder, truncation)

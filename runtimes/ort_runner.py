@@ -28,7 +28,15 @@ class OrtRunner:
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self.precision = str(opts.get("precision", "fp32"))
         self.providers = tuple(self.session.get_providers())
+        # options["io_binding"]: bind inputs and outputs on options["io_device"] ("cpu" or "cuda"), see io_binding.py.
+        self._bound = None
+        if opts.get("io_binding"):
+            from .io_binding import IoBinding
+
+            self._bound = IoBinding(self.session, opts.get("io_device", "cpu"))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._bound is not None:
+            return self._bound.run(feeds)
         outs = self.session.run(None, {name: feeds[name] for name in self.input_names})
         return dict(zip(self.output_names, outs))
