@@ -35,11 +35,13 @@ DEFAULT_DROP = "1%"  # MLPerf's bert-99 rule: keep at least 99 % of fp32 accurac
 TIMED_SHAPE = "1x128"
 
 
-def candidates(backends: tuple[str, ...], cpu_flags: list[str]) -> list[tuple[str, str]]:
-    """(recipe, backend) pairs to try: those each backend supports and this CPU can run."""
+def candidates(backends: tuple[str, ...], cpu_flags: list[str],
+               wanted: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+    """(recipe, backend) pairs to try: those each backend supports and this CPU can run (`wanted`: a profile's
+    candidate recipes, in its order; None: the CPU defaults above)."""
     out = []
     for backend in backends:
-        for name in CANDIDATES[backend]:
+        for name in (wanted if wanted is not None else CANDIDATES[backend]):
             recipe = RECIPES[name]
             if backend in recipe.how and (not recipe.isa_any or set(recipe.isa_any) & set(cpu_flags)):
                 out.append((name, backend))
@@ -59,14 +61,22 @@ def _time(path: Path, backend: str, threads: int | None, max_length: int) -> flo
 
 
 def run_auto(build: Callable[..., Path], out: Path, opts: ExportOptions, names: tuple[str, ...],
-             cpu_flags: list[str], log: Callable[[str], None]) -> Path:
-    """Build, score and time every candidate; publish the fastest within the limit at `out`."""
+             cpu_flags: list[str], log: Callable[[str], None], profile: Any = None,
+             timed_here: bool = True) -> Path:
+    """Build, score and time every candidate; publish the fastest within the limit at `out`.
+
+    With a profile, its candidate recipes are tried; when this machine is not the profile's target (`timed_here`
+    False: e.g. an ARM profile exported on x86) nothing is timed and the profile's order decides among the
+    candidates that hold the limit. A profile asking for the ORT format gets the winner converted to .ort.
+    """
     max_drop = parse_drop(opts.max_accuracy_drop or DEFAULT_DROP)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.auto-", dir=out.parent if out.parent.exists() else None))
     try:
         tried: list[dict[str, Any]] = []
         built: dict[tuple[str, str], Path] = {}
-        for recipe, backend in candidates(names, cpu_flags):
+        wanted = tuple(profile.recipes) if profile is not None else None
+        flags = cpu_flags if timed_here else list(cpu_flags) + ["asimddp", "i8mm", "avx512_vnni", "amx_bf16"]
+        for recipe, backend in candidates(names, flags, wanted):
             log(f"[bertship] auto     candidate {recipe} on {backend}")
             sub = replace(opts, recipe=recipe, backends=(backend,), force=False,
                           max_accuracy_drop=(opts.max_accuracy_drop or DEFAULT_DROP)
@@ -87,12 +97,16 @@ def run_auto(build: Callable[..., Path], out: Path, opts: ExportOptions, names: 
             path = built[(entry["recipe"], entry["backend"])]
             model_ = load(path, backend=entry["backend"], threads=opts.threads)
             result = evaluate(model_, data, reference)
-            score = result.get("accuracy", result.get("cosine_mean"))
+            # a classifier's few logits have no direction worth a cosine: without labels, agreement with fp32
+            metric = ("accuracy" if "accuracy" in result else
+                      "agreement" if "argmax_agreement" in result else "cosine")
+            score = result[{"accuracy": "accuracy", "agreement": "argmax_agreement", "cosine": "cosine_mean"}[metric]]
             manifest = artifact.read_manifest(path)
-            entry.update(metric="accuracy" if "accuracy" in result else "cosine", score=score,
+            entry.update(metric=metric, score=score,
                          size_bytes=sum(f["bytes"] for f in manifest["files"]
                                         if f["path"].startswith(entry["backend"] + "/")),
-                         p50_ms=_time(path, entry["backend"], opts.threads, manifest["tokenizer"]["max_length"]))
+                         p50_ms=_time(path, entry["backend"], opts.threads, manifest["tokenizer"]["max_length"])
+                         if timed_here else None)
         base = max((e["score"] for e in tried if e.get("recipe") == "fp32" and "score" in e), default=1.0)
         for entry in tried:
             if "score" in entry:
@@ -101,20 +115,26 @@ def run_auto(build: Callable[..., Path], out: Path, opts: ExportOptions, names: 
         if not ok:
             raise FidelityError([f"{e['recipe']} on {e['backend']}: {e.get('reason') or e.get('score')}" for e in tried],
                                 "no candidate holds the accuracy limit; nothing was written — raise --max-accuracy-drop")
-        winner = min(ok, key=lambda e: e["p50_ms"])
+        winner = min(ok, key=lambda e: e["p50_ms"]) if timed_here else ok[0]
         for entry in tried:
             log(f"[bertship] auto     {entry['recipe']:<16} {entry['backend']:<11} "
-                + (f"{entry['metric']} {entry['score']:.4f}  p50 {entry['p50_ms']:.2f} ms  "
+                + (f"{entry['metric']} {entry['score']:.4f}  p50 {_ms(entry['p50_ms'])}  "
                    f"{entry['size_bytes'] / 1e6:.1f} MB  {'ok' if entry['within_limit'] else 'over the limit'}"
                    if "score" in entry else f"failed: {entry['reason'][:120]}"))
         path = built[(winner["recipe"], winner["backend"])]
         manifest = artifact.read_manifest(path)
+        why = (f"fastest p50 ({winner['p50_ms']:.2f} ms) of {len(ok)} candidate(s) within {max_drop:.2%} of the "
+               f"fp32 {winner['metric']}" if timed_here else
+               f"first of the profile's candidates within {max_drop:.2%} of the fp32 {winner['metric']}; not timed: "
+               "this machine is not the profile's target")
         manifest["auto"] = {
-            "max_drop": max_drop, "baseline": base, "timed_shape": TIMED_SHAPE, "candidates": tried,
-            "winner": {"recipe": winner["recipe"], "backend": winner["backend"]},
-            "why": f"fastest p50 ({winner['p50_ms']:.2f} ms) of {len(ok)} candidate(s) within "
-                   f"{max_drop:.2%} of the fp32 {winner['metric']}",
+            "max_drop": max_drop, "baseline": base, "timed_shape": TIMED_SHAPE if timed_here else None,
+            "candidates": tried, "winner": {"recipe": winner["recipe"], "backend": winner["backend"]}, "why": why,
+            "profile": profile.name if profile is not None else None,
         }
+        if profile is not None and any(r.model_format == "ort" and r.backend == winner["backend"]
+                                       for r in profile.runtimes):
+            manifest["backends"][winner["backend"]] = ort_format(path, manifest["backends"][winner["backend"]], log)
         package.rewrite(path, manifest)
         if out.exists():
             package.check_out(out, opts.force)
@@ -123,6 +143,46 @@ def run_auto(build: Callable[..., Path], out: Path, opts: ExportOptions, names: 
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _ms(value: float | None) -> str:
+    return "not timed" if value is None else f"{value:.2f} ms"
+
+
+def ort_format(root: Path, entry: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Convert the ONNX Runtime model to the ORT format mobile builds load, check it reproduces the ONNX model's
+    outputs on the golden inputs, and record the operators a reduced ORT build must include."""
+    import numpy as np
+
+    from bertship.runtimes.ort_runner import OrtRunner
+    from bertship.runtimes.verify import read_golden
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    onnx_path = root / entry["model"]
+    convert_onnx_models_to_ort(onnx_path, output_dir=onnx_path.parent, optimization_styles=[OptimizationStyle.Fixed],
+                               target_platform="arm")
+    ort_path = next(onnx_path.parent.glob("*.ort"))
+    ort_path.rename(onnx_path.with_suffix(".ort"))
+    ort_path = onnx_path.with_suffix(".ort")
+    config = next(onnx_path.parent.glob("*.config"))
+    ops = {}
+    for line in config.read_text().splitlines():
+        if line and not line.startswith("#"):
+            domain, opset, names = line.split(";")
+            ops[f"{domain or 'ai.onnx'}:{opset}"] = sorted(names.split(","))
+    manifest = artifact.read_manifest(root)
+    feeds, _, _, _ = read_golden(root, manifest)
+    a, b = OrtRunner(onnx_path), OrtRunner(ort_path)
+    worst = max(float(np.abs(a.run(f)[k] - b.run(f)[k]).max()) for f in feeds for k in a.output_names)
+    if worst > 1e-4:
+        raise FidelityError([f"onnxruntime: the .ort model differs from the ONNX model by {worst:.3g}"],
+                            "nothing was written; export the profile without model_format = \"ort\"")
+    rel = ort_path.relative_to(root).as_posix()
+    log(f"[bertship] ort      {rel}: ORT format for arm, {sum(len(v) for v in ops.values())} operator types "
+        f"(max |diff| vs ONNX {worst:.1e})")
+    return dict(entry, model=rel, files=[*entry["files"], rel, config.relative_to(root).as_posix()],
+                build=dict(entry.get("build", {}), ort_format={"target_platform": "arm", "required_operators": ops,
+                                                              "max_abs_diff_vs_onnx": worst}))
 
 
 def _scoring(opts: ExportOptions, fp32: Path | None) -> tuple[EvalData, Any]:

@@ -22,6 +22,7 @@ class ExportOptions:
     calibration_method: str | None = None  # int8-static on ONNX Runtime: minmax, entropy, percentile
     max_accuracy_drop: str | float | None = None  # e.g. "1%": keep sensitive layers in float until it holds
     eval_data: str | Path | None = None  # labelled data the limit is judged on (default: cosine on calibration text)
+    profile: str | Path | None = None  # a device profile: its candidate recipes, backends and model format decide
     ort_graph: str = "plain"  # which fp32 graph ONNX Runtime recipes start from: as exported, or ORT-fused offline
     allow_missing_fusions: bool = False
     force: bool = False
@@ -46,7 +47,7 @@ class ExportOptions:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("calibration", "eval_data"):
+        for key in ("calibration", "eval_data", "profile"):
             d[key] = str(d[key]) if d[key] is not None else None
         d["backends"] = list(self.backends) if isinstance(self.backends, (tuple, list)) else self.backends
         return d

@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -61,12 +61,8 @@ def export(
     if options is not None and option_values:
         raise UsageError("pass options= or option keywords, not both")
     out = Path(out)
-    if opts.recipe == "auto":
-        names = backend_table.parse_backends(opts.backends or tuple(auto.CANDIDATES))
-        for name in names:
-            backend_table.require(name)
-        package.check_out(out, opts.force)
-        return auto.run_auto(lambda **kw: export(model, tokenizer, **kw), out, opts, names, cpu_info()["flags"], log)
+    if opts.recipe == "auto" or opts.profile is not None:
+        return _auto(model, tokenizer, out, opts, log)
     recipe = with_params(get_recipe(opts.recipe), calibration_method=opts.calibration_method)
     names = backend_table.parse_backends(opts.backends if opts.backends is not None else tuple(recipe.how))
     for name in names:
@@ -149,6 +145,26 @@ def export(
         raise
     log(f"[bertship] wrote {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
     return out
+
+
+def _auto(model: Any, tokenizer: Any, out: Path, opts: ExportOptions, log: Callable[[str], None]) -> Path:
+    """`--recipe auto` and `--profile P`: candidates built, scored and timed; the winner published."""
+    from bertship.profiles import load_profile, machine_facts, mismatches
+
+    profile = load_profile(opts.profile) if opts.profile is not None else None
+    if profile is not None and opts.recipe not in ("auto", "fp32"):
+        raise UsageError("--profile chooses the recipe from its candidates — drop --recipe")
+    default = tuple(r.backend for r in profile.runtimes) if profile is not None else tuple(auto.CANDIDATES)
+    names = backend_table.parse_backends(opts.backends or default)
+    for name in names:
+        backend_table.require(name)
+    package.check_out(out, opts.force)
+    timed_here = profile is None or not mismatches(profile, machine_facts(), recipes=())
+    if not timed_here:
+        log(f"[bertship] auto     this machine is not profile {profile.name!r}'s target "
+            f"({'; '.join(mismatches(profile, machine_facts(), recipes=()))}): candidates are not timed")
+    return auto.run_auto(lambda **kw: export(model, tokenizer, **kw), out, replace(opts, profile=None), names,
+                         cpu_info()["flags"], log, profile, timed_here)
 
 
 def _check_qat(source: load_stage.Source, recipe) -> dict[str, Any] | None:

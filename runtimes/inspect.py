@@ -64,7 +64,8 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
         for c in choice["candidates"]:
             if "score" in c:
                 verdict = "within limit" if c["within_limit"] else "over the limit"
-                lines.append(f"| {c['recipe']} | {c['backend']} | {c['metric']} {c['score']:.4f} | {c['p50_ms']:.2f} "
+                p50 = "not timed" if c["p50_ms"] is None else f"{c['p50_ms']:.2f}"
+                lines.append(f"| {c['recipe']} | {c['backend']} | {c['metric']} {c['score']:.4f} | {p50} "
                              f"| {c['size_bytes'] / 1e6:.1f} | {verdict} |")
             else:
                 lines.append(f"| {c['recipe']} | {c['backend']} | — | — | — | failed: {c['reason'][:80]} |")

@@ -22,7 +22,7 @@ def test_auto_picks_the_fastest_candidate_within_the_limit(tiny_folder, tmp_path
     assert choice["winner"] == {"recipe": best["recipe"], "backend": best["backend"]}
     assert manifest["recipe"]["name"] == best["recipe"] and list(manifest["backends"]) == [best["backend"]]
     for c in choice["candidates"]:
-        assert c["p50_ms"] > 0 and c["size_bytes"] > 0 and c["metric"] == "cosine"
+        assert c["p50_ms"] > 0 and c["size_bytes"] > 0 and c["metric"] == "agreement"  # classifier, no labels
     verify(out)  # the rewritten manifest and report still match their checksums
     assert "recipe auto: candidates" in (out / "report.md").read_text()
 
@@ -31,3 +31,27 @@ def test_candidates_follow_backend_and_cpu():
     assert ("bf16", "openvino") in auto.candidates(("openvino",), ["amx_bf16"])
     assert ("bf16", "openvino") not in auto.candidates(("openvino",), ["avx2"])
     assert all(b == "onnxruntime" for _, b in auto.candidates(("onnxruntime",), ["avx2"]))
+
+
+def test_profile_export_for_another_machine_uses_the_profile_order_and_ort_format(tiny_folder, tmp_path, capsys):
+    """mobile-arm on this x86 machine: candidates built and scored but not timed; the winner converted to .ort."""
+    out = tmp_path / "mobile"
+    code = main(["export", str(tiny_folder("bert", "sequence-classification")), "--profile", "mobile-arm",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["auto"]["profile"] == "mobile-arm"
+    assert [c["recipe"] for c in manifest["auto"]["candidates"]] == ["int8-dynamic", "int8-weight-only", "fp32"]
+    assert all(c["p50_ms"] is None for c in manifest["auto"]["candidates"])
+    assert manifest["auto"]["winner"]["recipe"] == "int8-dynamic"  # first in the profile's order within the limit
+    entry = manifest["backends"]["onnxruntime"]
+    assert entry["model"] == "onnxruntime/model.ort"
+    ort = entry["build"]["ort_format"]
+    assert ort["max_abs_diff_vs_onnx"] < 1e-4 and "DynamicQuantizeLinear" in ort["required_operators"]["ai.onnx:11"]
+    verify(out)
+
+
+def test_profile_chooses_the_recipe(tiny_folder, tmp_path, capsys):
+    code = main(["export", str(tiny_folder("bert", "sequence-classification")), "--profile", "mobile-arm",
+                 "--recipe", "int8-static", "--out", str(tmp_path / "x")])
+    assert code == 2 and "drop --recipe" in capsys.readouterr().err
