@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                          "drop of fp32, e.g. 1%% (relative)")
     ex.add_argument("--eval-data", default=None, help="labelled data (.tsv text<TAB>label) the drop is judged on; "
                     "default: output cosine vs fp32 on the calibration text")
+    ex.add_argument("--compact", action="store_true",
+                    help="remove dead attention heads and FFN neurons (structured zeros) before export: a smaller "
+                         "dense model with the same outputs (see `bertship analyze`)")
     ex.add_argument("--profile", default=None, help="device profile (name or TOML file): its candidate recipes, "
                     "backends and model format decide, as with --recipe auto")
     ex.add_argument("--ort-graph", default="plain", help="ONNX Runtime recipes start from the graph as exported "
@@ -162,6 +165,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         task=args.task, backends=args.backends, recipe=args.recipe, calibration=args.calibration,
         calibration_method=args.calibration_method, ort_graph=args.ort_graph,
         max_accuracy_drop=args.max_accuracy_drop, eval_data=args.eval_data, profile=args.profile,
+        compact=args.compact,
         allow_missing_fusions=args.allow_missing_fusions, force=args.force, allow_pickle=args.allow_pickle,
         max_length=args.max_length, pooling=args.pooling, normalize=args.normalize, threads=args.threads,
     )

@@ -14,6 +14,7 @@ from typing import Any
 from bertship.runtimes.errors import SourceError, UsageError
 
 from .families import Family, family_of
+from .layout import check_pruned_heads, weights_mismatch
 from .tasks import POOLING_MODES, Task, get_task, task_from_architectures
 
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
@@ -72,6 +73,7 @@ def load_folder(
         )
     family = family_of(raw.get("model_type"))
     weights = _check_weights(root, allow_pickle)
+    check_pruned_heads(raw)
     st = _sentence_transformers_config(root)
     chosen = _choose_task(task, raw, st)
     pooling, normalize = _embedding_options(chosen, pooling, normalize, st)
@@ -95,7 +97,7 @@ def load_folder(
             output_loading_info=True,
         )
     except Exception as exc:
-        raise SourceError(f"cannot load the weights in {str(root)!r}: {exc}") from None
+        raise weights_mismatch(root, exc) from None
     _check_head(chosen, info.get("missing_keys", []), root)
     source = Source(model.eval(), tokenizer, family, chosen, 0, pooling, normalize,
                     {"path": str(root.resolve()), "model_type": raw.get("model_type"), **weights})

@@ -22,6 +22,7 @@ class ExportOptions:
     calibration_method: str | None = None  # int8-static on ONNX Runtime: minmax, entropy, percentile
     max_accuracy_drop: str | float | None = None  # e.g. "1%": keep sensitive layers in float until it holds
     eval_data: str | Path | None = None  # labelled data the limit is judged on (default: cosine on calibration text)
+    compact: bool = False  # remove dead heads and FFN neurons (structured zeros) before the graph is exported
     profile: str | Path | None = None  # a device profile: its candidate recipes, backends and model format decide
     ort_graph: str = "plain"  # which fp32 graph ONNX Runtime recipes start from: as exported, or ORT-fused offline
     allow_missing_fusions: bool = False

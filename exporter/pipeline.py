@@ -84,7 +84,16 @@ def export(
         qat_record = _check_qat(source, recipe)
         texts, pairs = golden.golden_texts(source)
         feeds = golden.golden_feeds(source, texts, pairs)
+        # references come from the model as given, so the gate also proves that compaction changed nothing
         refs = golden.reference_outputs(source, feeds)
+    compaction = None
+    if opts.compact:
+        from .compact import compact
+
+        with stages.stage("compact", "removing dead heads and FFN neurons"):
+            source.model, compaction = compact(source.model)
+        log(f"[bertship]          compacted: {compaction.flops_before / 1e9:.3f} → {compaction.flops_after / 1e9:.3f} "
+            f"GFLOP at {compaction.seq_len} tokens (ratio {compaction.flop_ratio:.2f})")
     params = sum(p.numel() for p in source.model.parameters())
     log(f"[bertship]          {source.family.name} / {source.task.name}, {params / 1e6:.1f} M parameters, "
         f"max length {source.max_length}, recipe {recipe.name}")
@@ -98,7 +107,8 @@ def export(
         if "onnxruntime" in names:
             with stages.stage("optimize", "ONNX Runtime transformer fusions"):
                 fusion = graph.optimize(plain, source.family, graph.num_layers(source.model.config),
-                                        work / "fused.onnx")
+                                        work / "fused.onnx",
+                                        removed=compaction.removed_sublayers() if compaction else None)
             log(f"[bertship]          fused: {', '.join(f'{k} {v}' for k, v in fusion.counts.items()) or 'nothing'}")
             if qat_record is None:  # Q/DQ pairs break the float fusion patterns; ORT fuses them its own way at load
                 graph.check(fusion, opts.allow_missing_fusions)
@@ -130,6 +140,8 @@ def export(
             manifest["fallback"] = fallbacks
         if qat_record is not None:
             manifest["recipe"]["qat"] = qat_record
+        if compaction is not None:
+            manifest["compaction"] = compaction.as_dict()
         if fusion is not None:
             manifest["graph"] = {"fusions": fusion.as_dict(), "allow_missing_fusions": opts.allow_missing_fusions}
         with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden sentences"):

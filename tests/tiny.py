@@ -99,13 +99,15 @@ HEADS = {
 }
 
 
-def build(family: str, task: str, seed: int = 0):
-    """(model, tokenizer) in memory: a random tiny model of `family` with the head `task` needs."""
+def build(family: str, task: str, seed: int = 0, layers: int | None = None):
+    """(model, tokenizer) in memory: a random tiny model of `family` with the head `task` needs (`layers`: depth)."""
     import torch
     import transformers
 
     tokenizer = TOKENIZERS[family]()
     config = _config(family, len(tokenizer), tokenizer.pad_token_id)
+    if layers is not None:
+        setattr(config, "n_layers" if family == "distilbert" else "num_hidden_layers", layers)
     if task == "question-answering":
         config.num_labels = 2  # start and end logits
     torch.manual_seed(seed)

@@ -1,0 +1,258 @@
+"""Structured pruning: rank attention heads and FFN neurons by importance, zero the least important ones.
+
+Importance with labelled data (`data=`, TSV text<TAB>label): Michel et al. 2019, "Are Sixteen Heads Really Better
+than One?" — |dL/d mask| accumulated over batches, where a mask of ones scales each head's context (equivalent to
+transformers' head_mask) and each FFN neuron's activation. Without data: weight magnitude, ||value rows|| x
+||output columns|| per head and ||input row|| x ||output column|| per neuron.
+
+Ranking: "global" (default) normalizes scores within each layer (L2, as Michel et al.) and ranks all layers
+together, so layers keep different numbers of heads and neurons — what `compact` turns into non-uniform shapes;
+"per-layer" removes the same fraction in every layer.
+
+The checkpoint written keeps every shape and ZEROES what was pruned (Q/K/V rows and biases and output-projection
+columns of a head; the input row, bias and output column of a neuron): `bertship analyze` finds them and
+`bertship export --compact` removes them. A transformers config cannot express per-layer FFN widths, so zeroing is the
+form that reloads everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from bertship.runtimes.errors import UsageError
+
+from . import layout as lay
+
+RANKINGS = ("global", "per-layer")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def parse_ratio(text: str | float, option: str) -> float:
+    """'50%' or '50' (percent) -> 0.5; a float is already a fraction; outside 0-100 % is a UsageError."""
+    raw = str(text).strip()
+    try:
+        value = float(text) if isinstance(text, float) else float(raw.removesuffix("%")) / 100.0
+    except ValueError:
+        raise UsageError(f"{option} {raw!r} is not a percentage — give e.g. {option} 50%") from None
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"{option} {raw} is outside 0–100 % — give a fraction to remove such as {option} 50%")
+    return value
+
+
+def magnitude_scores(model: Any) -> tuple[list[list[float]], list[list[float]]]:
+    """Per layer: a score per head, and a score per FFN neuron (all FFNs of the layer concatenated)."""
+    heads, neurons = [], []
+    for view in lay.layers(model):
+        L = view.layout
+        n = view.num_heads()
+        wv, _ = lay.effective(view.get(L.v))
+        wo, _ = lay.effective(view.get(L.o))
+        size = wv.shape[0] // max(n, 1)
+        heads.append([float(wv[h * size:(h + 1) * size].norm() * wo[:, h * size:(h + 1) * size].norm())
+                      for h in range(n)])
+        row = []
+        for ffn in view.ffn_paths():
+            w_in, _ = lay.effective(view.get(ffn[0]))
+            w_out, _ = lay.effective(view.get(ffn[1]))
+            row += (w_in.norm(dim=1) * w_out.norm(dim=0)).tolist()
+        neurons.append(row)
+    return heads, neurons
+
+
+def gradient_scores(model: Any, batches: list[dict[str, Any]]) -> tuple[list[list[float]], list[list[float]]]:
+    """Michel et al. importance: sum over batches of |dL/d mask| for every head and FFN neuron."""
+    import torch
+
+    views = lay.layers(model)
+    masks, hooks = [], []
+    for view in views:
+        size = int(view.get(view.layout.heads[1])) // max(view.num_heads(), 1)
+        head_mask = torch.ones(view.num_heads(), requires_grad=True)
+        hooks.append(view.get(view.layout.o).register_forward_pre_hook(_scale(head_mask, size)))
+        ffn_masks = []
+        for ffn in view.ffn_paths():
+            mask = torch.ones(lay.parts(view.get(ffn[1]))[0].in_features, requires_grad=True)
+            hooks.append(view.get(ffn[1]).register_forward_pre_hook(_scale(mask, 1)))
+            ffn_masks.append(mask)
+        masks.append((head_mask, ffn_masks))
+    heads = [torch.zeros(m[0].shape) for m in masks]
+    neurons = [[torch.zeros(f.shape) for f in m[1]] for m in masks]
+    model.eval()  # no dropout: the scores are a property of the weights, not of the noise
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # only the masks need gradients: skip the weights' backward pass
+        p.requires_grad_(False)
+    try:
+        for batch in batches:
+            loss = model(**batch).loss
+            grads = torch.autograd.grad(loss, [t for h, f in masks for t in (h, *f)], allow_unused=True)
+            it = iter(grads)
+            for i, (h, f) in enumerate(masks):
+                g = next(it)
+                heads[i] += 0 if g is None else g.abs()
+                for j in range(len(f)):
+                    g = next(it)
+                    neurons[i][j] += 0 if g is None else g.abs()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for p in trainable:
+            p.requires_grad_(True)
+    return [h.tolist() for h in heads], [torch.cat(n).tolist() if n else [] for n in neurons]
+
+
+def _scale(mask: Any, size: int) -> Callable:
+    def hook(module, args):
+        return (args[0] * mask.repeat_interleave(size),) + tuple(args[1:])
+
+    return hook
+
+
+def select(scores: list[list[float]], ratio: float, ranking: str) -> list[list[int]]:
+    """Per layer, the indices with the lowest scores: `ratio` of them overall (global) or in each layer."""
+    import math
+
+    if ranking not in RANKINGS:
+        raise UsageError(f"unknown ranking {ranking!r} — choose from: {', '.join(RANKINGS)}")
+    if ranking == "per-layer":
+        return [sorted(sorted(range(len(s)), key=lambda i: s[i])[:round(ratio * len(s))]) for s in scores]
+    norms = [math.sqrt(sum(v * v for v in s)) or 1.0 for s in scores]
+    ranked = sorted((s[i] / norms[l], l, i) for l, s in enumerate(scores) for i in range(len(s)))
+    chosen: list[list[int]] = [[] for _ in scores]
+    for _, l, i in ranked[:round(ratio * len(ranked))]:
+        chosen[l].append(i)
+    return [sorted(c) for c in chosen]
+
+
+def apply(model: Any, heads: list[list[int]], neurons: list[list[int]]) -> None:
+    """Zero the chosen heads and neurons in place (indices per layer; neurons over the layer's FFNs in order)."""
+    import torch
+
+    views = lay.layers(model)
+    if views and all(v.num_heads() and len(set(h)) >= v.num_heads() for v, h in zip(views, heads)):
+        raise UsageError("this head mask removes every head of every layer, which leaves a model that does not attend "
+                         "— prune a smaller fraction of heads (e.g. --heads 50%)")
+    with torch.no_grad():
+        for view, dead, gone in zip(views, heads, neurons):
+            L = view.layout
+            size = int(view.get(L.heads[1])) // max(view.num_heads(), 1)
+            for h in dead:
+                rows = slice(h * size, (h + 1) * size)
+                for path in (L.q, L.k, L.v):
+                    last = lay.parts(view.get(path))[-1]
+                    last.weight[rows] = 0
+                    if last.bias is not None:
+                        last.bias[rows] = 0
+                lay.parts(view.get(L.o))[0].weight[:, rows] = 0
+            start = 0
+            for ffn in view.ffn_paths():
+                width = lay.parts(view.get(ffn[1]))[0].in_features
+                local = [i - start for i in gone if start <= i < start + width]
+                last = lay.parts(view.get(ffn[0]))[-1]
+                last.weight[local] = 0
+                if last.bias is not None:
+                    last.bias[local] = 0
+                lay.parts(view.get(ffn[1]))[0].weight[:, local] = 0
+                start += width
+
+
+def recover(model: Any, batches: list[dict[str, Any]], steps: int, heads: list[list[int]], neurons: list[list[int]],
+            lr: float = 2e-5) -> list[float]:
+    """A short fine-tune on the labelled batches; the pruned heads and neurons are zeroed again after every step."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for step in range(steps):
+        loss = model(**batches[step % len(batches)]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        apply(model, heads, neurons)
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def batches(source: Any, data_path: str | Path, batch_size: int, max_length: int) -> list[dict[str, Any]]:
+    """Tokenized labelled batches of a TSV/JSONL file (labels by name from id2label, or by index)."""
+    import torch
+
+    from bertship.runtimes.evaluate import read_eval_data
+
+    id2label = {str(k): v for k, v in (getattr(source.model.config, "id2label", None) or {}).items()}
+    data = read_eval_data(data_path, "sequence-classification", id2label)
+    out = []
+    for start in range(0, len(data.texts), batch_size):
+        second = data.pairs[start:start + batch_size] if data.pairs else None
+        enc = source.tokenizer(data.texts[start:start + batch_size], second, padding=True, truncation=True,
+                               max_length=max_length, return_tensors="pt")
+        feed = {k: enc[k] for k in source.family.inputs}
+        feed["labels"] = torch.tensor(data.labels[start:start + batch_size])
+        out.append(feed)
+    return out
+
+
+def prune(path: str | Path, out: str | Path, *, heads: str | float = "0%", ffn: str | float = "0%",
+          data: str | Path | None = None, ranking: str = "global", recover_steps: int = 0, batch_size: int = 16,
+          max_length: int = 128, force: bool = False, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Prune a model folder into a new checkpoint folder at `out` (zeroed heads/neurons); returns the record."""
+    from . import package
+    from .load import load_folder
+    from .tasks import task_from_architectures
+
+    head_ratio, ffn_ratio = parse_ratio(heads, "--heads"), parse_ratio(ffn, "--ffn")
+    if ranking not in RANKINGS:
+        raise UsageError(f"unknown ranking {ranking!r} — choose from: {', '.join(RANKINGS)}")
+    if head_ratio >= 1.0:
+        raise UsageError("--heads 100% removes every head of every layer, which leaves a model that does not attend — "
+                         "prune a smaller fraction of heads (e.g. --heads 50%)")
+    if recover_steps < 0 or (recover_steps and data is None):
+        raise UsageError("--recover-steps fine-tunes on labelled data — pass --data train.tsv, or drop it")
+    root, out = Path(path), Path(out)
+    _check_out(out, force)
+    raw = json.loads((root / "config.json").read_text(encoding="utf-8")) if (root / "config.json").is_file() else {}
+    implied = task_from_architectures(raw.get("architectures")) or (root / "modules.json").is_file()
+    source = load_folder(root, "sequence-classification" if data else None if implied else "feature-extraction")
+    model = source.model
+    if data is not None:
+        feeds = batches(source, data, batch_size, min(max_length, source.max_length))
+        log(f"[bertship] prune    gradient importance on {sum(len(f['labels']) for f in feeds)} labelled rows …")
+        head_scores, neuron_scores = gradient_scores(model, feeds)
+    else:
+        feeds = []
+        log("[bertship] prune    weight-magnitude importance (no --data) …")
+        head_scores, neuron_scores = magnitude_scores(model)
+    chosen_heads = select(head_scores, head_ratio, ranking)
+    chosen_neurons = select(neuron_scores, ffn_ratio, ranking)
+    apply(model, chosen_heads, chosen_neurons)
+    losses = recover(model, feeds, recover_steps, chosen_heads, chosen_neurons) if recover_steps else []
+    record = {"source": str(root.resolve()), "importance": "gradient (Michel et al. 2019)" if data else "magnitude",
+              "data": str(data) if data else None, "ranking": ranking, "heads": head_ratio, "ffn": ffn_ratio,
+              "form": "zeroed (shapes unchanged): export with --compact to remove them",
+              "heads_zeroed": {str(i): h for i, h in enumerate(chosen_heads) if h},
+              "neurons_zeroed": {str(i): len(n) for i, n in enumerate(chosen_neurons) if n},
+              "recover_steps": recover_steps, "recover_losses": losses}
+    staging = package.staging_dir(out)
+    try:
+        for item in root.iterdir():  # tokenizer and sentence-transformers files travel unchanged
+            if item.name in WEIGHT_FILES or item.name == "config.json" or item.name.startswith("."):
+                continue
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
+        model.save_pretrained(staging, safe_serialization=True)
+        (staging / "pruning.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        package.publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
+    if out.exists() and not (out / "pruning.json").is_file() and any(out.iterdir()):
+        raise UsageError(f"{str(out)!r} is a non-empty folder that bertship prune did not write — choose another --out")
