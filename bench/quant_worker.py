@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 
 from bertship.runtimes import artifact, backends
 from bertship.runtimes.tokenizer import TextEncoder
+
+from .stats import peak_rss_mb
 
 
 def _vectors(name: str, out: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 timings.setdefault(key, []).append((time.perf_counter() - t) * 1e3)
     result["p50_ms"] = {k: _median(v) for k, v in timings.items()}
     result["samples_ms"] = timings
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bertship.profiles import cpu_info
+
+from .stats import peak_rss_mb
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
 
@@ -86,7 +87,7 @@ def worker(art: str, backend: str) -> dict[str, Any]:
     model.encode(["The first request an app sends after it starts."])
     t3 = time.perf_counter()
     return {"import_s": t1 - t0, "load_s": t2 - t1, "first_call_s": t3 - t2,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "peak_rss_mb": peak_rss_mb(),
             "precision": model.precision, "torch_imported": "torch" in sys.modules}
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from bertship.profiles import cpu_info
 
 from .mr_data import CACHE, split
+from .stats import peak_rss_mb
 
 WORK = CACHE / "throughput"
 VARIANTS = {
@@ -49,8 +50,6 @@ def _texts_file() -> Path:
 
 def worker(name: str, texts_path: Path, vectors_out: Path, threads: int) -> dict[str, Any]:
     """Encode every text once after a warm-up; seconds, sentences/s, peak RSS. Torch only for the s-t variant."""
-    import resource
-
     texts = [t for t in texts_path.read_text(encoding="utf-8").splitlines() if t]
     recipe, backend, padded = VARIANTS[name]
     if recipe is None:
@@ -73,7 +72,7 @@ def worker(name: str, texts_path: Path, vectors_out: Path, threads: int) -> dict
     seconds = time.perf_counter() - start
     np.save(vectors_out, vectors)
     return {"seconds": seconds, "sentences_per_s": len(texts) / seconds, "n": len(texts),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _padded(model, texts: list[str], length: int = 128, batch: int = 32) -> np.ndarray:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import sys
 import time
 
+from .stats import peak_rss_mb
 from .worker import harness_overhead_us, parse_shape
 
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples[key].append((time.perf_counter() - t) * 1000.0)
     json.dump({
         "artifact": args.model_dir, "backend": "pytorch", "threads": args.threads, "precision": "fp32",
-        "load_s": load_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "load_s": load_s, "peak_rss_mb": peak_rss_mb(),
         "harness_overhead_us": harness_overhead_us(),
         "settings": {"warmup": args.warmup, "iters": args.iters, "rounds": args.rounds, "seed": args.seed},
         "samples_ms": samples,

@@ -13,7 +13,6 @@ import argparse
 import json
 import platform
 import random
-import resource
 import sys
 import time
 from importlib import metadata
@@ -22,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .procload import LoadWatch
+from .stats import peak_rss_mb
 
 PACKAGES = ("onnxruntime", "openvino", "numpy", "tokenizers")
 
@@ -184,7 +184,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.warmup):
                 run(feeds)
     blocks = timed_blocks(run, work, args)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # before the golden batches run
+    peak_rss_mb = peak_rss_mb()  # before the golden batches run
     fidelity = _fidelity(model) if args.fidelity else None
     return {
         "artifact": str(args.artifact),
