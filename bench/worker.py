@@ -184,7 +184,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.warmup):
                 run(feeds)
     blocks = timed_blocks(run, work, args)
-    peak_rss_mb = peak_rss_mb()  # before the golden batches run
+    rss_mb = peak_rss_mb()  # before the golden batches run
     fidelity = _fidelity(model) if args.fidelity else None
     return {
         "artifact": str(args.artifact),
@@ -193,7 +193,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "precision": model.precision,
         "load_s": load_s,
         "load_foreign": load_foreign,
-        "peak_rss_mb": peak_rss_mb,
+        "peak_rss_mb": rss_mb,
         "harness_overhead_us": harness_overhead_us(),
         "settings": {"warmup": args.warmup, "iters": args.iters, "rounds": args.rounds, "seed": args.seed,
                      "load_limit": args.load_limit, "retries": args.retries},
