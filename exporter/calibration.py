@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from bertship.runtimes.errors import UsageError
+from bertship.runtimes.evaluate import jsonl_rows
 
 MIN_SAMPLES = 16  # fewer sentences give activation ranges that one outlier decides
 
@@ -28,18 +28,9 @@ def read_texts(path: str | Path | None) -> tuple[list[str], list[str] | None, st
     texts: list[str] = []
     pairs: list[str] = []
     if path.suffix == ".jsonl":
-        for number, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{number} is not JSON ({exc.msg}) — one object per line, e.g. {{\"text\": \"…\"}}") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise UsageError(f"{path}:{number} has no string \"text\" field — one object per line, e.g. {{\"text\": \"…\"}}")
-            texts.append(row["text"])
-            if isinstance(row.get("text_pair"), str):
-                pairs.append(row["text_pair"])
+        rows = jsonl_rows(path, raw)
+        texts = [r[0] for r in rows]
+        pairs = [r[1] for r in rows if isinstance(r[1], str)]
         if pairs and len(pairs) != len(texts):
             raise UsageError(f"{path}: some lines have \"text_pair\" and some do not — give it on every line or none")
     else:

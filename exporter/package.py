@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -99,24 +97,6 @@ def check_out(out: Path, force: bool) -> None:
         raise UsageError(f"{str(out)!r} is a non-empty directory that is not a bertship artifact — choose another --out")
 
 
-def staging_dir(out: Path) -> Path:
-    """A fresh temporary directory beside --out (same filesystem, so the final rename is atomic)."""
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-
-
-def publish(staging: Path, out: Path) -> None:
-    """Move the finished staging directory to --out; an artifact already there is replaced only after that works."""
-    if not out.exists():
-        os.rename(staging, out)
-        return
-    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-    os.rename(out, old)
-    try:
-        os.rename(staging, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+# Building in a temporary directory beside --out and renaming it into place is shared with `deploy` (torch-free).
+staging_dir = artifact.staging_dir
+publish = artifact.publish

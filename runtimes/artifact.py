@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +104,24 @@ def backend_files(manifest: dict[str, Any], backend: str) -> set[str]:
         built = ", ".join(manifest.get("backends", {})) or "none"
         raise UsageError(f"this artifact has no {backend!r} model (built: {built}) — pick one of those or re-export")
     return set(entry["files"]) | {TOKENIZER}
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh temporary directory beside `out` (same filesystem, so the final rename is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move a finished staging directory to `out`; a directory already there is replaced only after that works."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    os.rename(out, old)
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -12,10 +12,8 @@ nothing from Triton is needed here (the tests parse it with Triton's own protobu
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -202,22 +200,11 @@ def _record(root: Path, manifest: dict[str, Any], record: dict[str, Any]) -> dic
 
 def _publish(out: Path, force: bool, write, record: dict[str, Any]) -> dict[str, Any]:
     """Write into a temporary folder beside `out`, then rename it into place (an old one goes only after that)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging = artifact.staging_dir(out)
     try:
         write(staging)
         (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-            os.rename(out, old)
-            try:
-                os.rename(staging, out)
-            except BaseException:
-                os.rename(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, out)
+        artifact.publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -40,7 +40,7 @@ def read_eval_data(path: str | Path, task: str, id2label: dict[str, str] | None)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read eval data {str(path)!r} ({exc}) — pass a UTF-8 .tsv, .txt or .jsonl") from None
     labelled = task in CLASSIFICATION
-    rows = _jsonl_rows(path, raw) if path.suffix == ".jsonl" else _tsv_rows(path, raw, labelled)
+    rows = jsonl_rows(path, raw) if path.suffix == ".jsonl" else _tsv_rows(path, raw, labelled)
     if not rows:
         raise UsageError(f"eval data {str(path)!r} has no rows — add at least one")
     texts = [r[0] for r in rows]
@@ -83,7 +83,8 @@ def _tsv_rows(path: Path, raw: str, labelled: bool) -> list[tuple[str, str | Non
     return rows
 
 
-def _jsonl_rows(path: Path, raw: str) -> list[tuple[str, str | None, str | None]]:
+def jsonl_rows(path: Path, raw: str) -> list[tuple[str, str | None, str | None]]:
+    """(text, text_pair, label) of each JSONL line; a line that is not an object with a string "text" is a UsageError."""
     rows = []
     for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():

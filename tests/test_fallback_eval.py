@@ -9,7 +9,7 @@ import pytest
 from bertship.cli import main
 from bertship.exporter import export, fallback
 from bertship.exporter.golden import sentences
-from bertship.runtimes import FidelityError, load
+from bertship.runtimes import load
 from bertship.runtimes.evaluate import evaluate, read_eval_data
 
 
