@@ -43,7 +43,17 @@ def test_eval_accuracy_and_reference(tiny_artifact, labelled, capsys):
     assert main(["eval", str(tiny_artifact), "--data", str(labelled), "--backend", "openvino",
                  "--reference", str(tiny_artifact), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["cosine_min"] > 0.99999 and result["argmax_agreement"] == 1.0
+    assert result["argmax_agreement"] == 1.0 and "cosine_min" not in result  # no cosine of two or three logits
+
+
+def test_eval_embeddings_against_a_reference(task_artifact, tmp_path, capsys):
+    art = task_artifact("sentence-embedding")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(sentences()[:12]) + "\n")
+    assert main(["eval", str(art), "--data", str(texts), "--backend", "openvino", "--reference", str(art), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 12 and result["cosine_min"] > 0.99999 and "accuracy" not in result
+    assert main(["eval", str(art), "--data", str(texts)]) == 2  # unlabelled data and no reference: nothing to measure
 
 
 @pytest.mark.parametrize("content,needle", [
