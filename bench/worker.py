@@ -15,10 +15,11 @@ import platform
 import random
 import sys
 import time
-from importlib import metadata
 from typing import Any, Callable
 
 import numpy as np
+
+from bertship.profiles.machine import package_versions
 
 from .procload import LoadWatch
 from .stats import peak_rss_mb
@@ -79,12 +80,7 @@ def _runner_options(args: argparse.Namespace, notes: list[str]) -> dict[str, Any
 
 def _environment(model, args: argparse.Namespace, runner_options: dict[str, Any]) -> dict[str, Any]:
     """What produced these numbers: backend, the providers and precision the runtime reports, package versions."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = package_versions(PACKAGES)
     return {
         "backend": args.backend, "threads": args.threads, "precision": model.precision,
         "providers": list(getattr(model.runner, "providers", ())), "io_binding": bool(runner_options.get("io_binding")),

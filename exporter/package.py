@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 
 import bertship
 from bertship.profiles import cpu_info
+from bertship.profiles.machine import package_versions
 from bertship.runtimes import artifact
 from bertship.runtimes.errors import UsageError
 
@@ -21,12 +21,7 @@ PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "openv
 
 def environment() -> dict[str, Any]:
     """Where the artifact was made: package versions, Python, OS, CPU model and ISA flags."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = package_versions(PACKAGES)
     return {"python": platform.python_version(), "os": platform.platform(), "cpu": cpu_info(), "packages": versions}
 
 

@@ -87,3 +87,16 @@ def ort_providers() -> list[str]:
 def machine_facts() -> dict[str, object]:
     """What a profile is checked against: cpu_info() plus usable cores, ONNX Runtime providers and NVIDIA GPUs."""
     return {**cpu_info(), "usable_cores": usable_cores(), "providers": ort_providers(), "gpus": gpu_names()}
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed version of each distribution (None when absent): recorded beside every artifact and number."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
