@@ -19,7 +19,7 @@ def _exit_codes_text() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bertship",
-        description="Export, verify and inspect compressed transformer encoders for ONNX Runtime and OpenVINO.",
+        description="Export, verify, benchmark and deploy compressed transformer encoders on ONNX Runtime and OpenVINO.",
         epilog=_exit_codes_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
