@@ -69,12 +69,3 @@ def to_onnx(source: Source, feeds: dict[str, np.ndarray], path: Path) -> Path:
             )
     onnx.checker.check_model(str(path))
     return path
-
-
-def to_openvino(onnx_path: Path, xml_path: Path) -> Path:
-    """Convert the ONNX graph to an OpenVINO IR with fp32 weights (OpenVINO would compress them to fp16 by default)."""
-    import openvino as ov
-
-    xml_path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
-    return xml_path
