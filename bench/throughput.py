@@ -24,7 +24,7 @@ import numpy as np
 from bertship.profiles import cpu_info
 
 from .mr_data import CACHE, split
-from .stats import peak_rss_mb
+from bertship.profiles.machine import peak_rss_mb
 
 WORK = CACHE / "throughput"
 VARIANTS = {
@@ -52,15 +52,11 @@ def worker(name: str, texts_path: Path, vectors_out: Path, threads: int) -> dict
     """Encode every text once after a warm-up; seconds, sentences/s, peak RSS. Torch only for the s-t variant."""
     texts = [t for t in texts_path.read_text(encoding="utf-8").splitlines() if t]
     recipe, backend, padded = VARIANTS[name]
-    if recipe is None:
-        import torch
-        from sentence_transformers import SentenceTransformer
-
+    if recipe is None:  # the user's baseline needs torch: it comes from the exporter's baselines
+        from bertship.exporter.baselines import sentence_transformers_encoder
         from bertship.exporter.load import default_model_path
 
-        torch.set_num_threads(threads)
-        model = SentenceTransformer(str(default_model_path()), device="cpu")
-        encode = lambda xs: model.encode(xs, batch_size=32)  # noqa: E731
+        encode = sentence_transformers_encoder(default_model_path(), threads)
     else:
         from bertship.runtimes import load
 

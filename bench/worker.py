@@ -19,10 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bertship.profiles.machine import package_versions
+from bertship.profiles.machine import package_versions, peak_rss_mb
 
 from .procload import LoadWatch
-from .stats import peak_rss_mb
 
 PACKAGES = ("onnxruntime", "openvino", "numpy", "tokenizers")
 

@@ -256,3 +256,17 @@ def _check_out(out: Path, force: bool) -> None:
         raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
     if out.exists() and not (out / "pruning.json").is_file() and any(out.iterdir()):
         raise UsageError(f"{str(out)!r} is a non-empty folder that bertship prune did not write — choose another --out")
+
+
+def zero_smallest(model: Any, level: float) -> Any:
+    """Unstructured magnitude pruning, in place: zero the `level` fraction of smallest weights of every Linear in the
+    encoder layers (embeddings and heads untouched). What compaction cannot remove; what a zip container shrinks."""
+    import torch
+
+    with torch.no_grad():
+        for view in lay.layers(model):
+            for m in view.module.modules():
+                if isinstance(m, torch.nn.Linear):
+                    cut = m.weight.abs().flatten().kthvalue(max(int(level * m.weight.numel()), 1)).values
+                    m.weight[m.weight.abs() <= cut] = 0
+    return model

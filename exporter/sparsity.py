@@ -302,3 +302,10 @@ def load_model(path: str | Path) -> Any:
                                          use_safetensors=weights["format"] == "safetensors").eval()
     except Exception as exc:  # transformers raises RuntimeError/ValueError/IndexError for weights that do not fit
         raise lay.weights_mismatch(root, exc) from None
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The fast tokenizer of a model folder (for exporting the variants analysis and compaction make of it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(path), local_files_only=True)
