@@ -94,6 +94,8 @@ def plan(profile: Profile, artifacts: dict[str, dict[str, Any]]) -> tuple[list[J
             backends.require(rt.backend)
             spec = {"providers": list(rt.providers), "require": list(rt.require), "provider_options": rt.options_for(),
                     "io_binding": rt.io_binding, "model_format": rt.model_format}
+            if rt.disabled_optimizers is not None:
+                spec["disabled_optimizers"] = list(rt.disabled_optimizers)
             for setting in rt.threads:
                 n = cores if setting == "cores" else int(setting)
                 jobs.append(Job(role, info["path"], rt.backend, setting, n, spec))

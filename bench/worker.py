@@ -73,8 +73,11 @@ def _runner_options(args: argparse.Namespace, notes: list[str]) -> dict[str, Any
     placement = place(spec.get("providers") or ["CPUExecutionProvider"], spec.get("provider_options"),
                       require=spec.get("require", ()))
     notes.extend(placement.notes)
-    return {"providers": placement.session_providers(), "io_binding": bool(spec.get("io_binding")),
-            "io_device": placement.device}
+    options = {"providers": placement.session_providers(), "io_binding": bool(spec.get("io_binding")),
+               "io_device": placement.device}
+    if spec.get("disabled_optimizers") is not None:
+        options["disabled_optimizers"] = list(spec["disabled_optimizers"])
+    return options
 
 
 def _environment(model, args: argparse.Namespace, runner_options: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +86,7 @@ def _environment(model, args: argparse.Namespace, runner_options: dict[str, Any]
     return {
         "backend": args.backend, "threads": args.threads, "precision": model.precision,
         "providers": list(getattr(model.runner, "providers", ())), "io_binding": bool(runner_options.get("io_binding")),
+        "disabled_optimizers": list(getattr(model.runner, "disabled_optimizers", ())),
         "model_file": model.manifest["backends"][args.backend]["model"], "python": platform.python_version(),
         "packages": versions,
     }

@@ -20,7 +20,9 @@ def describe(profile: Profile, facts: dict[str, Any] | None = None) -> str:
     for rt in profile.runtimes:
         extra = [f"providers {' > '.join(rt.providers)}" if rt.providers else "",
                  f"requires {', '.join(rt.require)}" if rt.require else "", "IO binding" if rt.io_binding else "",
-                 f"{rt.model_format.upper()}-format model" if rt.model_format != "onnx" else ""]
+                 f"{rt.model_format.upper()}-format model" if rt.model_format != "onnx" else "",
+                 "" if rt.disabled_optimizers is None else
+                 f"ONNX Runtime optimizers off: {', '.join(rt.disabled_optimizers) or 'none (ONNX Runtime defaults)'}"]
         lines.append(f"  {rt.backend}: threads {', '.join(map(str, rt.threads))}"
                      + "".join(f"; {e}" for e in extra if e))
         lines += [f"    {p} options: {', '.join(f'{k}={v}' for k, v in opts)}" for p, opts in rt.provider_options]

@@ -31,7 +31,8 @@ _SECTIONS = {"name": "str", "description": "str", "notes": "str[]", "machine": "
 _MACHINE = {"arch": "str[]", "gpu": "bool", "min_cores": "int", "isa": "table"}
 _RECIPES = {"candidates": "str[]", "reference": "str"}
 _RUNTIME = {"backend": "str", "threads": "threads[]", "providers": "str[]", "require": "str[]",
-            "provider_options": "table", "io_binding": "bool", "model_format": "str", "note": "str"}
+            "provider_options": "table", "io_binding": "bool", "model_format": "str", "note": "str",
+            "disabled_optimizers": "str[]"}
 _WORKLOAD = {"shapes": "str[]", "batches": "int[]", "sequences": "int[]", "text": "str", "text_batch": "int",
              "text_limit": "int"}
 _MEASURE = {"warmup": "int", "iterations": "int", "rounds": "int", "passes": "int", "foreign_load_max": "float",
@@ -173,7 +174,7 @@ def _runtime(r: _Reader, key: str, data: Any) -> Runtime:
     if "backend" not in t:
         raise r.fail(f"{key}.backend", "is missing", f"choose from: {', '.join(BACKENDS)}")
     r.choice(f"{key}.backend", t["backend"], BACKENDS)
-    ort_only = [k for k in ("providers", "require", "provider_options", "io_binding") if k in t]
+    ort_only = [k for k in ("providers", "require", "provider_options", "io_binding", "disabled_optimizers") if k in t]
     if t["backend"] != "onnxruntime" and ort_only:
         raise r.fail(f"{key}.{ort_only[0]}", f"applies to onnxruntime, not {t['backend']}", "remove it")
     for field in ("providers", "require"):
@@ -188,7 +189,8 @@ def _runtime(r: _Reader, key: str, data: Any) -> Runtime:
     r.choice(f"{key}.model_format", t.get("model_format", "onnx"), ("onnx", "ort"))
     return Runtime(t["backend"], tuple(t.get("threads", ["cores"])), tuple(t.get("providers", ())),
                    tuple(t.get("require", ())), tuple((p, tuple(o.items())) for p, o in options.items()),
-                   t.get("io_binding", False), t.get("model_format", "onnx"))
+                   t.get("io_binding", False), t.get("model_format", "onnx"),
+                   tuple(t["disabled_optimizers"]) if "disabled_optimizers" in t else None)
 
 
 def parse_shape(text: str) -> tuple[int, int]:

@@ -78,6 +78,9 @@ class Runtime:
     provider_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     io_binding: bool = False
     model_format: str = "onnx"  # "ort": the profile expects ONNX Runtime's ORT-format model (.ort)
+    # ONNX Runtime graph transformers to turn off; None: bertship's default (runtimes.ort_runner.CPU_DISABLED_OPTIMIZERS
+    # on CPU-only sessions), () restores every ONNX Runtime fusion
+    disabled_optimizers: tuple[str, ...] | None = None
 
     def options_for(self) -> dict[str, dict[str, Any]]:
         """{provider: {option: value}} as ONNX Runtime takes them."""

@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import UsageError
+
+# ONNX Runtime graph transformers bertship turns off when a session runs on CPU providers only. SkipLayerNormFusion
+# folds `Add(residual) + LayerNormalization` into SkipLayerNormalization; onnxruntime 1.32's CPU kernel for it took
+# 1.00 ms on an 8x128x384 tensor where Add + LayerNormalization took 0.20 ms (2 threads, AVX-512 Xeon), which made
+# int8-dynamic MiniLM 12 % slower at 8x128 and pruned int8 models up to 20 % slower (bench/results/sparsity.md times
+# both settings side by side). Fp32 graphs exported by bertship are not fused this way, so they are unaffected. A
+# profile's [[runtimes]] `disabled_optimizers = []` (or runner option) restores ONNX Runtime's defaults.
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def _provider_name(entry: Any) -> str:
+    return entry[0] if isinstance(entry, (tuple, list)) else str(entry)
+
+
+def disabled_optimizers(providers: Sequence[Any], requested: Sequence[str] | None) -> tuple[str, ...]:
+    """The graph transformers to turn off: `requested` when given, else bertship's CPU default on CPU-only sessions."""
+    if requested is not None:
+        if isinstance(requested, str) or not all(isinstance(x, str) and x for x in requested):
+            raise UsageError(f"disabled_optimizers must be a list of ONNX Runtime optimizer names, got {requested!r}")
+        return tuple(requested)
+    if any(_provider_name(p) in _GPU_PROVIDERS for p in providers):
+        return ()
+    return CPU_DISABLED_OPTIMIZERS
+
 
 class OrtRunner:
-    """Runs an ONNX model with ONNX Runtime on the CPU execution provider."""
+    """Runs an ONNX model with ONNX Runtime on the CPU execution provider (or the providers in options)."""
 
     backend = "onnxruntime"
 
@@ -23,7 +49,12 @@ class OrtRunner:
         so.intra_op_num_threads = int(threads or 0)
         so.inter_op_num_threads = 1
         opts = options or {}
-        self.session = ort.InferenceSession(str(model_path), so, providers=opts.get("providers", ["CPUExecutionProvider"]))
+        if opts.get("optimized_model_path"):  # write the graph as ONNX Runtime optimized it (to see what runs)
+            so.optimized_model_filepath = str(opts["optimized_model_path"])
+        providers = opts.get("providers", ["CPUExecutionProvider"])
+        self.disabled_optimizers = disabled_optimizers(providers, opts.get("disabled_optimizers"))
+        self.session = ort.InferenceSession(str(model_path), so, providers=providers,
+                                            disabled_optimizers=list(self.disabled_optimizers))
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self.precision = str(opts.get("precision", "fp32"))

@@ -67,6 +67,17 @@ def test_a_user_file_with_relative_text_and_a_relative_budget(tmp_path):
     assert profile.budgets[0].relative and profile.budgets[0].label() == "p50_ms 1x16 <= 0.5 x reference"
 
 
+def test_disabled_optimizers_default_and_override(tmp_path):
+    assert load_profile(write(tmp_path, MINIMAL)).runtimes[0].disabled_optimizers is None  # bertship's default
+    text = MINIMAL.replace("threads = [1]", "threads = [1]\ndisabled_optimizers = []")
+    profile = load_profile(write(tmp_path, text))
+    assert profile.runtimes[0].disabled_optimizers == ()
+    from bertship.bench.run import plan
+
+    jobs, _ = plan(profile, {"candidate": {"path": "x", "backends": ["onnxruntime"]}})
+    assert jobs[0].runtime["disabled_optimizers"] == []
+
+
 @pytest.mark.parametrize("edit, where", [
     (("[workload]", "color = 1\n[workload]"), "color is not a known key"),
     (("[workload]", "[measure]\niters = 20\n[workload]"), "measure.iters is not a known key"),
@@ -77,6 +88,9 @@ def test_a_user_file_with_relative_text_and_a_relative_budget(tmp_path):
     (('threads = [1]', 'threads = [0]'), "runtimes[0].threads"),
     (('threads = [1]', 'threads = [1]\nproviders = ["CUDA"]'), "runtimes[0].providers[0]"),
     (('shapes = ["1x16"]', 'shapes = ["16"]'), "workload.shapes[0]"),
+    (('threads = [1]', 'threads = [1]\ndisabled_optimizers = "SkipLayerNormFusion"'), "runtimes[0].disabled_optimizers"),
+    (('backend = "onnxruntime"\nthreads = [1]', 'backend = "openvino"\nthreads = [1]\ndisabled_optimizers = []'),
+     "runtimes[0].disabled_optimizers applies to onnxruntime"),
     (('shapes = ["1x16"]', 'shapes = ["1x16"]\n[[budgets]]\nmetric = "p95_ms"\nshape = "1x16"\nmin = 3'),
      "budgets[0] has bound(s) ['min']"),
     (('shapes = ["1x16"]', 'shapes = ["1x16"]\n[[budgets]]\nmetric = "p95_ms"\nmax = 3'), "budgets[0].shape is missing"),

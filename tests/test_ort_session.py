@@ -1,0 +1,53 @@
+"""How bertship opens ONNX Runtime sessions: the graph transformers it turns off on CPU, and the override."""
+
+from __future__ import annotations
+
+import pytest
+
+from bertship.runtimes import load
+from bertship.runtimes.errors import UsageError
+from bertship.runtimes.ort_runner import CPU_DISABLED_OPTIMIZERS, disabled_optimizers
+
+
+def _optimized_ops(art, tmp_path, name, **options) -> set[str]:
+    import onnx
+
+    path = tmp_path / f"{name}.onnx"
+    load(art, backend="onnxruntime", runner_options={"optimized_model_path": str(path), **options})
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(tiny_folder, tmp_path_factory):
+    from bertship.exporter import export
+
+    return export(tiny_folder("bert", "feature-extraction"), out=tmp_path_factory.mktemp("int8") / "a",
+                  recipe="int8-dynamic", backends="onnxruntime", log=lambda _: None)
+
+
+def test_cpu_sessions_keep_add_and_layernorm_apart(int8_artifact, tmp_path):
+    # ORT's own default fuses the int8 graph's residual Add + LayerNormalization into SkipLayerNormalization ...
+    assert "SkipLayerNormalization" in _optimized_ops(int8_artifact, tmp_path, "ort-default", disabled_optimizers=[])
+    # ... whose CPU kernel is slower than the two ops it replaces (bench/results/sparsity.md): bertship's default
+    ops = _optimized_ops(int8_artifact, tmp_path, "bertship")
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+    model = load(int8_artifact, backend="onnxruntime")
+    assert model.runner.disabled_optimizers == CPU_DISABLED_OPTIMIZERS
+
+
+def test_both_settings_give_the_same_outputs(int8_artifact):
+    import numpy as np
+
+    texts = ["a short test", "a somewhat longer sentence for the second row"]
+    ours = load(int8_artifact, backend="onnxruntime").encode(texts)
+    stock = load(int8_artifact, backend="onnxruntime", runner_options={"disabled_optimizers": []}).encode(texts)
+    assert np.allclose(ours, stock, atol=1e-4)
+
+
+def test_gpu_sessions_and_explicit_lists():
+    assert disabled_optimizers(["CPUExecutionProvider"], None) == CPU_DISABLED_OPTIMIZERS
+    assert disabled_optimizers([("CUDAExecutionProvider", {}), "CPUExecutionProvider"], None) == ()
+    assert disabled_optimizers(["CPUExecutionProvider"], []) == ()
+    assert disabled_optimizers(["CPUExecutionProvider"], ["AttentionFusion"]) == ("AttentionFusion",)
+    with pytest.raises(UsageError, match="list of ONNX Runtime optimizer names"):
+        disabled_optimizers(["CPUExecutionProvider"], "SkipLayerNormFusion")
