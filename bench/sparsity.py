@@ -5,8 +5,9 @@
 The bundled all-MiniLM-L6-v2 with --heads and --ffn of its heads and FFN neurons zeroed (weight magnitude, global
 ranking: layers keep different counts) is exported three ways under the same recipe — dense (the original),
 zeroed (zeros kept, same shapes) and compacted (`compact`: zeros removed) — as fp32 and int8-dynamic on ONNX Runtime
-and fp32 on OpenVINO. Each artifact x backend is timed by bench.worker in its own torch-free process, in shuffled
-interleaved passes; a run during which other processes kept more than --max-foreign cores busy (from /proc/stat
+and fp32 and int8-static (nncf) on OpenVINO. ONNX Runtime int8 is timed twice: as bertship runs it (SkipLayerNormFusion
+off, runtimes.ort_runner) and with ONNX Runtime's default fusions. Each artifact x backend x session setting is timed by
+bench.worker in its own torch-free process, in shuffled interleaved passes; a run during which other processes kept more than --max-foreign cores busy (from /proc/stat
 minus the worker's own CPU time) is repeated. Speed-up vs dense is compared with the FLOP ratio (target >= 0.85x).
 Unstructured sparsity is measured for what it gives here, a smaller download: magnitude-pruned MiniLM, int8-dynamic,
 zipped (exporter.container.pack). This process needs torch to build and export; timing never imports it.
@@ -30,7 +31,11 @@ from bertship.profiles import cpu_info
 
 from .stats import summarize
 
-BUILDS = (("fp32", "onnxruntime"), ("fp32", "openvino"), ("int8-dynamic", "onnxruntime"))
+BUILDS = (("fp32", "onnxruntime"), ("fp32", "openvino"), ("int8-dynamic", "onnxruntime"), ("int8-static", "openvino"))
+# (recipe, backend, session setting, --runtime JSON for bench.worker): every build as bertship runs it, and ONNX
+# Runtime int8 once more with ONNX Runtime's own default graph transformers
+SESSIONS = tuple((r, b, "bertship", None) for r, b in BUILDS) + (
+    ("int8-dynamic", "onnxruntime", "ort-defaults", {"disabled_optimizers": []}),)
 VARIANTS = ("dense", "zeroed", "compacted")
 TARGET = 0.85  # speed-up must reach this fraction of the FLOP ratio
 
@@ -147,19 +152,23 @@ def main(argv: list[str] | None = None) -> int:
               "--iters", str(args.iters), "--rounds", str(args.rounds)]
     runs: dict[str, dict[str, Any]] = {}
     rng = random.Random(0)
+    jobs = [(variant, recipe, backend, session, runtime) for variant in VARIANTS
+            for recipe, backend, session, runtime in SESSIONS]
     for p in range(args.passes):
-        order = list(arts)
+        order = list(jobs)
         rng.shuffle(order)
-        for key in order:
-            name = " ".join(key)
-            cmd = [py, "-m", "bertship.bench.worker", str(arts[key]), "--backend", key[2], *common, "--seed", str(p)]
+        for variant, recipe, backend, session, runtime in order:
+            name = _name(variant, recipe, backend, session)
+            cmd = [py, "-m", "bertship.bench.worker", str(arts[(variant, recipe, backend)]), "--backend", backend,
+                   *common, "--seed", str(p), *(["--runtime", json.dumps(runtime)] if runtime else [])]
             tries = [run_worker(cmd)]
             while tries[-1]["foreign_cores"] > args.max_foreign and len(tries) <= args.retries:
                 log(f"{name}: other processes used {tries[-1]['foreign_cores']:.2f} cores — repeating")
                 tries.append(run_worker(cmd))
             best = min(tries, key=lambda r: r["foreign_cores"])
             log(f"pass {p + 1}/{args.passes}: {name} (foreign load {best['foreign_cores']:.2f} cores)")
-            entry = runs.setdefault(name, {"variant": key[0], "recipe": key[1], "backend": key[2],
+            entry = runs.setdefault(name, {"variant": variant, "recipe": recipe, "backend": backend, "session": session,
+                                           "disabled_optimizers": best["env"].get("disabled_optimizers", []),
                                            "precision": best["precision"], "samples_ms": {}, "foreign_cores": []})
             entry["foreign_cores"].append(best["foreign_cores"])
             for shape, ms in best["samples_ms"].items():
@@ -198,19 +207,25 @@ def _flop_ratio(models: dict[str, Any], seq_len: int) -> float:
     return dense.totals["flops"] / compacted.totals["flops"]
 
 
+def _name(variant: str, recipe: str, backend: str, session: str) -> str:
+    return f"{variant} {recipe} {backend}" + ("" if session == "bertship" else f" ({session})")
+
+
 def speedups(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """p50 speed-up of zeroed and compacted over dense for each recipe, backend and shape, against the FLOP ratio."""
+    """p50 speed-up of zeroed and compacted over dense for each recipe, backend, session setting and shape, against
+    the FLOP ratio."""
     lat, rows = r["latency"], []
-    for recipe, backend in BUILDS:
-        base = lat.get(f"dense {recipe} {backend}")
+    for recipe, backend, session, _ in SESSIONS:
+        base = lat.get(_name("dense", recipe, backend, session))
         for variant in ("zeroed", "compacted"):
-            v = lat.get(f"{variant} {recipe} {backend}")
+            v = lat.get(_name(variant, recipe, backend, session))
             if not base or not v:
                 continue
             for shape, s in v["summary"].items():
                 speed = base["summary"][shape]["p50"] / s["p50"]
                 ratio = r["flop_ratio"][shape]
-                rows.append({"variant": variant, "recipe": recipe, "backend": backend, "shape": shape,
+                rows.append({"variant": variant, "recipe": recipe, "backend": backend, "session": session,
+                             "shape": shape,
                              "dense_p50_ms": base["summary"][shape]["p50"], "p50_ms": s["p50"], "speedup": speed,
                              "flop_ratio": ratio, "efficiency": speed / ratio,
                              "meets_target": speed >= TARGET * ratio if variant == "compacted" else None})
@@ -228,12 +243,15 @@ def markdown(r: dict[str, Any]) -> str:
              f"({s['ranking']} ranking); compacted heads per layer {[l['heads_after'] for l in c['layers']]}, FFN widths "
              f"{[l['ffn_after'][0] if l['ffn_after'] else 0 for l in c['layers']]}; FLOP ratio (encoder layers, "
              + ", ".join(f"{k}: {v:.2f}" for k, v in r["flop_ratio"].items()) + ").", "",
+             "ONNX Runtime sessions run as bertship opens them (SkipLayerNormFusion off on CPU, runtimes.ort_runner); "
+             "rows marked *ORT defaults* keep every ONNX Runtime fusion.", "",
              "| variant | recipe | backend | shape | dense p50 ms | p50 ms | speed-up | FLOP ratio "
              "| speed-up / FLOP ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in r["speedups"]:
         mark = "" if row["meets_target"] is None else (" ✓" if row["meets_target"] else f" ✗ (< {TARGET})")
-        lines.append(f"| {row['variant']} | {row['recipe']} | {row['backend']} | {row['shape']} "
+        backend = row["backend"] + (" *ORT defaults*" if row.get("session", "bertship") != "bertship" else "")
+        lines.append(f"| {row['variant']} | {row['recipe']} | {backend} | {row['shape']} "
                      f"| {row['dense_p50_ms']:.2f} | {row['p50_ms']:.2f} | {row['speedup']:.2f}× "
                      f"| {row['flop_ratio']:.2f} | {row['efficiency']:.2f}{mark} |")
     worst = max(x for v in r["latency"].values() for x in v["foreign_cores"])
@@ -263,10 +281,11 @@ def plot(r: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = r["speedups"]
-    groups = sorted({(x["recipe"], x["backend"], x["shape"]) for x in rows})
+    label = lambda x: x["backend"] + ("*" if x.get("session", "bertship") != "bertship" else "")  # noqa: E731
+    groups = sorted({(x["recipe"], label(x), x["shape"]) for x in rows})
     fig, ax = plt.subplots(figsize=(1.3 * len(groups) + 2, 3.8))
     for offset, variant in ((-0.2, "zeroed"), (0.2, "compacted")):
-        values = [next((x["speedup"] for x in rows if (x["recipe"], x["backend"], x["shape"]) == g
+        values = [next((x["speedup"] for x in rows if (x["recipe"], label(x), x["shape"]) == g
                         and x["variant"] == variant), 0) for g in groups]
         ax.bar([i + offset for i in range(len(groups))], values, width=0.4, label=f"{variant} vs dense")
     ratio = max(r["flop_ratio"].values())
@@ -275,6 +294,7 @@ def plot(r: dict[str, Any], path: Path) -> Path:
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xticks(range(len(groups)), [f"{a}\n{b}\n{c}" for a, b, c in groups], fontsize=7)
     ax.set_ylabel("p50 speed-up over dense")
+    ax.set_xlabel("* ONNX Runtime with its default fusions (SkipLayerNormFusion on)", fontsize=7)
     ax.legend(fontsize=7)
     settings = r["settings"]
     ax.set_title(f"MiniLM, {settings['heads']} heads + {settings['ffn']} FFN zeroed — {r['machine']['cpu']['model']}",

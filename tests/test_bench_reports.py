@@ -1,0 +1,50 @@
+"""Report logic of the sparsity and frontier benchmarks on synthetic timings (the benchmarks themselves run in bench/)."""
+
+from __future__ import annotations
+
+import argparse
+
+from bertship.bench import frontier, sparsity
+
+
+def _latency(variant, recipe, backend, session, ms):
+    return {"variant": variant, "recipe": recipe, "backend": backend, "session": session, "foreign_cores": [0.0],
+            "summary": {"1x128": {"p50": ms}}}
+
+
+def test_sparsity_speedups_compare_within_one_session_setting():
+    lat = {}
+    for recipe, backend, session, _ in sparsity.SESSIONS:
+        slow = 1.25 if session != "bertship" else 1.0
+        for variant, ms in (("dense", 10.0), ("zeroed", 10.0), ("compacted", 5.5)):
+            lat[sparsity._name(variant, recipe, backend, session)] = _latency(variant, recipe, backend, session,
+                                                                              ms * slow)
+    lat[sparsity._name("compacted", "int8-static", "openvino", "bertship")]["summary"]["1x128"]["p50"] = 7.0
+    rows = sparsity.speedups({"latency": lat, "flop_ratio": {"1x128": 2.0}})
+    assert len(rows) == 2 * len(sparsity.SESSIONS)
+    compacted = {(r["recipe"], r["backend"], r["session"]): r for r in rows if r["variant"] == "compacted"}
+    assert compacted[("fp32", "onnxruntime", "bertship")]["meets_target"]  # 10 / 5.5 = 1.82 >= 0.85 x 2
+    assert not compacted[("int8-static", "openvino", "bertship")]["meets_target"]  # 10 / 7 = 1.43
+    ort_default = compacted[("int8-dynamic", "onnxruntime", "ort-defaults")]
+    assert ort_default["dense_p50_ms"] == 12.5 and ort_default["speedup"] == 10.0 / 5.5  # its own dense row
+    assert all(r["meets_target"] is None for r in rows if r["variant"] == "zeroed")
+
+
+def _result(acc, b1, b8):
+    return {"accuracy": acc, "flop_ratio": 1.0, "size_bytes": 1e6,
+            "p50_ms": {"b1 real": b1 / 3, "1x128": b1, "8x128": b8}}
+
+
+def test_frontier_judges_against_the_fastest_dense_int8():
+    args = argparse.Namespace(train_rows=2048, recover_steps=800, lr=5e-5, distill=True)
+    results = {"dense int8-dynamic (ORT)": _result(0.85, 6.0, 33.0),
+               "dense int8-static (OpenVINO)": _result(0.84, 3.8, 24.0),
+               "pruned 50% + compact + int8-dynamic (ORT)": _result(0.835, 3.9, 16.0),  # 1.5x the fastest: no
+               "pruned 60% + compact + int8-static (OpenVINO)": _result(0.828, 2.0, 11.9)}  # 2.02x, -1.2 points: yes
+    text = frontier.report(results, args, 60.0, [])
+    assert "Fastest dense int8 artifact (b8×128): **dense int8-static (OpenVINO)**" in text
+    assert "Aim at 8×128 (a pruned + int8 model >= 2x faster than the fastest dense int8 artifact, within 1.5 points " \
+           "of its accuracy): met by pruned 60% + compact + int8-static (OpenVINO)." in text
+    assert "Aim at 1×128 (a pruned" in text and text.count("not met by any") == 1  # 3.8 / 2.0 = 1.9x at b1
+    results["pruned 60% + compact + int8-static (OpenVINO)"]["accuracy"] = 0.82  # -2.0 points
+    assert frontier.report(results, args, 60.0, []).count("not met by any variant measured here") == 2
