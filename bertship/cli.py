@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--recover-steps", type=int, default=0, help="fine-tune steps on --data after pruning (default: 0)")
     pr.add_argument("--batch-size", type=int, default=16)
     pr.add_argument("--max-length", type=int, default=128, help="tokens per --data row (default: %(default)s)")
+    pr.add_argument("--lr", type=float, default=2e-5, help="recovery learning rate (default: %(default)g)")
+    pr.add_argument("--distill", action="store_true", help="recover with the unpruned model as teacher: half "
+                    "cross-entropy, half logit distillation at temperature 2 (Hinton et al. 2015)")
+    pr.add_argument("--importance-rows", type=int, default=None,
+                    help="score importance on the first N rows of --data only (default: all); recovery uses all")
     pr.add_argument("--force", action="store_true", help="replace a folder an earlier `bertship prune` wrote")
 
     ins = sub.add_parser("inspect", help="show what an artifact holds (torch-free)")
@@ -203,7 +208,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     record = prune(args.model, args.out, heads=args.heads, ffn=args.ffn, data=args.data, ranking=args.ranking,
                    recover_steps=args.recover_steps, batch_size=args.batch_size, max_length=args.max_length,
-                   force=args.force, log=lambda m: print(m, file=sys.stderr))
+                   lr=args.lr, distill=args.distill, importance_rows=args.importance_rows, force=args.force, log=lambda m: print(m, file=sys.stderr))
     heads = sum(len(h) for h in record["heads_zeroed"].values())
     print(f"wrote {args.out}: {heads} head(s) and {sum(record['neurons_zeroed'].values())} FFN neuron(s) zeroed "
           f"({record['importance']}, {record['ranking']} ranking); `bertship export {args.out} --compact` removes them")

@@ -17,6 +17,7 @@ form that reloads everywhere.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -158,16 +159,34 @@ def apply(model: Any, heads: list[list[int]], neurons: list[list[int]]) -> None:
                 start += width
 
 
+DISTILL_TEMPERATURE = 2.0
+DISTILL_WEIGHT = 0.5  # share of the distillation term in the recovery loss; the rest is cross-entropy on the labels
+
+
 def recover(model: Any, batches: list[dict[str, Any]], steps: int, heads: list[list[int]], neurons: list[list[int]],
-            lr: float = 2e-5) -> list[float]:
-    """A short fine-tune on the labelled batches; the pruned heads and neurons are zeroed again after every step."""
+            lr: float = 2e-5, teacher: Any = None) -> list[float]:
+    """A short fine-tune on the labelled batches; the pruned heads and neurons are zeroed again after every step.
+
+    With a `teacher` (the unpruned model), the loss mixes cross-entropy with logit distillation (Hinton et al. 2015):
+    (1 - w) CE + w T² KL(softmax(teacher / T) || softmax(student / T)), w = DISTILL_WEIGHT, T = DISTILL_TEMPERATURE.
+    """
     import torch
+    import torch.nn.functional as F
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     losses = []
+    temp, w = DISTILL_TEMPERATURE, DISTILL_WEIGHT
     for step in range(steps):
-        loss = model(**batches[step % len(batches)]).loss
+        batch = batches[step % len(batches)]
+        out = model(**batch)
+        loss = out.loss
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            kd = F.kl_div(F.log_softmax(out.logits / temp, -1), F.softmax(target / temp, -1),
+                          reduction="batchmean") * temp * temp
+            loss = (1 - w) * loss + w * kd
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -198,7 +217,8 @@ def batches(source: Any, data_path: str | Path, batch_size: int, max_length: int
 
 def prune(path: str | Path, out: str | Path, *, heads: str | float = "0%", ffn: str | float = "0%",
           data: str | Path | None = None, ranking: str = "global", recover_steps: int = 0, batch_size: int = 16,
-          max_length: int = 128, force: bool = False, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+          max_length: int = 128, lr: float = 2e-5, distill: bool = False, importance_rows: int | None = None,
+          force: bool = False, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Prune a model folder into a new checkpoint folder at `out` (zeroed heads/neurons); returns the record."""
     from . import package
     from .load import load_folder
@@ -212,6 +232,12 @@ def prune(path: str | Path, out: str | Path, *, heads: str | float = "0%", ffn: 
                          "prune a smaller fraction of heads (e.g. --heads 50%)")
     if recover_steps < 0 or (recover_steps and data is None):
         raise UsageError("--recover-steps fine-tunes on labelled data — pass --data train.tsv, or drop it")
+    if distill and not recover_steps:
+        raise UsageError("--distill applies to the recovery fine-tune — add --recover-steps N (and --data)")
+    if not lr > 0:
+        raise UsageError(f"--lr must be positive, got {lr} — e.g. --lr 2e-5")
+    if importance_rows is not None and importance_rows < 1:
+        raise UsageError(f"--importance-rows must be at least 1, got {importance_rows} — or drop it to use all of --data")
     root, out = Path(path), Path(out)
     _check_out(out, force)
     raw = json.loads((root / "config.json").read_text(encoding="utf-8")) if (root / "config.json").is_file() else {}
@@ -220,22 +246,32 @@ def prune(path: str | Path, out: str | Path, *, heads: str | float = "0%", ffn: 
     model = source.model
     if data is not None:
         feeds = batches(source, data, batch_size, min(max_length, source.max_length))
-        log(f"[bertship] prune    gradient importance on {sum(len(f['labels']) for f in feeds)} labelled rows …")
-        head_scores, neuron_scores = gradient_scores(model, feeds)
+        scored = feeds if importance_rows is None else feeds[: -(-importance_rows // batch_size)]
+        log(f"[bertship] prune    gradient importance on {sum(len(f['labels']) for f in scored)} labelled rows …")
+        head_scores, neuron_scores = gradient_scores(model, scored)
     else:
-        feeds = []
+        feeds = scored = []
         log("[bertship] prune    weight-magnitude importance (no --data) …")
         head_scores, neuron_scores = magnitude_scores(model)
     chosen_heads = select(head_scores, head_ratio, ranking)
     chosen_neurons = select(neuron_scores, ffn_ratio, ranking)
+    teacher = copy.deepcopy(model).eval() if distill else None
     apply(model, chosen_heads, chosen_neurons)
-    losses = recover(model, feeds, recover_steps, chosen_heads, chosen_neurons) if recover_steps else []
+    if recover_steps:
+        log(f"[bertship] prune    recovery: {recover_steps} steps of {batch_size} rows, lr {lr:g}"
+            + (f", distilling from the unpruned model (T={DISTILL_TEMPERATURE:g}, weight {DISTILL_WEIGHT:g})"
+               if distill else "") + " …")
+    losses = recover(model, feeds, recover_steps, chosen_heads, chosen_neurons, lr, teacher) if recover_steps else []
     record = {"source": str(root.resolve()), "importance": "gradient (Michel et al. 2019)" if data else "magnitude",
               "data": str(data) if data else None, "ranking": ranking, "heads": head_ratio, "ffn": ffn_ratio,
               "form": "zeroed (shapes unchanged): export with --compact to remove them",
               "heads_zeroed": {str(i): h for i, h in enumerate(chosen_heads) if h},
               "neurons_zeroed": {str(i): len(n) for i, n in enumerate(chosen_neurons) if n},
-              "recover_steps": recover_steps, "recover_losses": losses}
+              "recover_steps": recover_steps, "recover_lr": lr, "recover_batch_size": batch_size,
+              "distill": {"teacher": "the unpruned model", "temperature": DISTILL_TEMPERATURE,
+                          "weight": DISTILL_WEIGHT} if distill else None,
+              "importance_rows": sum(len(f["labels"]) for f in scored) if data is not None else None,
+              "recover_losses": losses}
     staging = package.staging_dir(out)
     try:
         for item in root.iterdir():  # tokenizer and sentence-transformers files travel unchanged

@@ -56,6 +56,24 @@ def test_prune_with_data_then_compact_and_export(tiny_folder, labelled, tmp_path
     np.testing.assert_allclose(load(art).encode(texts), want, atol=1e-5)
 
 
+def test_recovery_distils_from_the_unpruned_model(tiny_folder, labelled, tmp_path):
+    from bertship.exporter.prune import prune
+
+    src = tiny_folder("bert", "sequence-classification")
+    plain = prune(src, tmp_path / "plain", heads="50%", ffn="50%", data=labelled, recover_steps=3, batch_size=8)
+    kd = prune(src, tmp_path / "kd", heads="50%", ffn="50%", data=labelled, recover_steps=3, batch_size=8,
+               distill=True)
+    assert plain["distill"] is None and kd["distill"]["temperature"] == 2.0
+    assert kd["heads_zeroed"] == plain["heads_zeroed"] and plain["importance_rows"] == len(sentences())
+    # same pruning, batches and start: only the loss differs, so the recorded losses differ from the first step on
+    assert len(kd["recover_losses"]) == 3 and kd["recover_losses"][0] != pytest.approx(plain["recover_losses"][0])
+    assert json.loads((tmp_path / "kd" / "pruning.json").read_text())["distill"]["weight"] == 0.5
+    report = analyze(load_model(tmp_path / "kd"))
+    assert {str(r["index"]): r["dead_heads"] for r in report.layers if r["dead_heads"]} == kd["heads_zeroed"]
+    few = prune(src, tmp_path / "few", heads="50%", data=labelled, batch_size=8, importance_rows=16)
+    assert few["importance_rows"] == 16
+
+
 def test_magnitude_per_layer_removes_the_same_count_everywhere(tiny_folder, tmp_path):
     out = tmp_path / "p"
     assert main(["prune", str(tiny_folder("distilbert", "feature-extraction")), "--heads", "50%", "--ffn", "25%",
@@ -98,6 +116,8 @@ def test_ratio_parsing(text, value):
     (["--heads", "half"], 2, "not a percentage"),
     (["--heads", "100%"], 2, "removes every head of every layer"),
     (["--recover-steps", "3"], 2, "--data"),
+    (["--distill"], 2, "--recover-steps"),
+    (["--lr", "0"], 2, "--lr must be positive"),
     (["--ranking", "random"], 2, "unknown ranking"),
 ])
 def test_bad_arguments_write_nothing(tiny_folder, tmp_path, capsys, argv, code, message):
