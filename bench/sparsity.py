@@ -29,6 +29,7 @@ from typing import Any
 
 from bertship.profiles import cpu_info
 
+from . import op_profile
 from .stats import summarize
 
 BUILDS = (("fp32", "onnxruntime"), ("fp32", "openvino"), ("int8-dynamic", "onnxruntime"), ("int8-static", "openvino"))
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             for shape, ms in best["samples_ms"].items():
                 entry["samples_ms"].setdefault(shape, []).extend(ms)
 
+    op_profiles = profile_ops(arts, args, log)
     results = {
         "benchmark": "sparsity",
         "command": "python -m bertship.bench.sparsity " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -188,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                     for n, r in runs.items()},
         "sizes": {"structured_int8": structured_sizes, "unstructured_int8": sizes},
     }
+    for entry in op_profiles:
+        entry["compare"] = op_profile.compare(entry["dense"], entry["compacted"], results["flop_ratio"][entry["shape"]])
     results["speedups"] = speedups(results)
+    results["op_profiles"] = op_profiles
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sparsity.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "sparsity.md").write_text(markdown(results))
@@ -198,6 +203,26 @@ def main(argv: list[str] | None = None) -> int:
         log("matplotlib not installed: no plot (pip install 'bertship[plots]')")
     print(markdown(results))
     return 0
+
+
+def profile_ops(arts: dict[tuple[str, str, str], Path], args: argparse.Namespace, log) -> list[dict[str, Any]]:
+    """Operator-type profiles (bench.op_profile, each in its own process) of dense and compacted int8 artifacts."""
+    out = []
+    for recipe, backend in BUILDS:
+        if not recipe.startswith("int8"):
+            continue
+        for shape in args.shapes:
+            entry: dict[str, Any] = {"recipe": recipe, "backend": backend, "shape": shape}
+            for variant in ("dense", "compacted"):
+                log(f"operator profile: {variant} {recipe} {backend} {shape} …")
+                cmd = [sys.executable, "-m", "bertship.bench.op_profile", str(arts[(variant, recipe, backend)]),
+                       "--backend", backend, "--shape", shape, "--threads", str(args.threads)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-2000:]}")
+                entry[variant] = json.loads(proc.stdout)
+            out.append(entry)
+    return out
 
 
 def _flop_ratio(models: dict[str, Any], seq_len: int) -> float:
@@ -255,7 +280,9 @@ def markdown(r: dict[str, Any]) -> str:
                      f"| {row['dense_p50_ms']:.2f} | {row['p50_ms']:.2f} | {row['speedup']:.2f}× "
                      f"| {row['flop_ratio']:.2f} | {row['efficiency']:.2f}{mark} |")
     worst = max(x for v in r["latency"].values() for x in v["foreign_cores"])
-    lines += ["", f"Highest foreign CPU load during a kept run: {worst:.2f} cores.", "",
+    lines += ["", f"Highest foreign CPU load during a kept run: {worst:.2f} cores.", ""]
+    lines += op_markdown(r.get("op_profiles", []))
+    lines += [
               "Unstructured zeros give no speed on these runtimes: " + "; ".join(
                   f"{k}: {v}" for k, v in r["kernels"].items() if k != "what zeros do give") + ".",
               "What they give is a smaller download (int8-dynamic artifact, zipped):", "",
@@ -271,6 +298,30 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {zero} | {mb['artifact_bytes']:.1f} | {mb['deflate_bytes']:.1f} | "
                      f"{mb['lzma_bytes']:.1f} | {mb['onnx_bytes']:.1f} → {mb['onnx_deflate_bytes']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def op_markdown(profiles: list[dict[str, Any]]) -> list[str]:
+    """Where int8 time goes, dense vs compacted, and the ceiling the unshrinking operators leave."""
+    if not profiles:
+        return []
+    lines = [f"Where the int8 time goes (`bench.op_profile`: the runtimes' own per-node profilers, kernel time per call; "
+             f"operator types whose time fell by less than {op_profile.SHRUNK}× count as not shrinking):", "",
+             "| recipe | backend | shape | dense kernel ms | compacted kernel ms | kernel speed-up "
+             "| not shrinking (dense share) | ceiling | ceiling / FLOP ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in profiles:
+        c = e["compare"]
+        lines.append(f"| {e['recipe']} | {e['backend']} | {e['shape']} | {e['dense']['kernel_ms']:.2f} "
+                     f"| {e['compacted']['kernel_ms']:.2f} | {c['kernel_ratio']:.2f}× "
+                     f"| {', '.join(c['fixed_ops'])} ({c['fixed_share_dense']:.0%}) | {c['ceiling']:.2f}× "
+                     f"| {c['ceiling_vs_flop_ratio']:.2f} |")
+    for e in profiles:
+        if e["shape"] != profiles[-1]["shape"]:  # the largest shape: the last one asked for
+            continue
+        lines += ["", f"{e['recipe']} on {e['backend']}, {e['shape']}: ms per call by operator type", "",
+                  "| operator | dense ms | compacted ms | dense / compacted |", "|---|---|---|---|"]
+        for row in e["compare"]["rows"][:10]:
+            lines.append(f"| {row['op']} | {row['dense_ms']:.2f} | {row['compacted_ms']:.2f} | {row['ratio']:.2f}× |")
+    return lines + [""]
 
 
 def plot(r: dict[str, Any], path: Path) -> Path:

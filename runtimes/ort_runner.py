@@ -51,6 +51,13 @@ class OrtRunner:
         opts = options or {}
         if opts.get("optimized_model_path"):  # write the graph as ONNX Runtime optimized it (to see what runs)
             so.optimized_model_filepath = str(opts["optimized_model_path"])
+        # options["profile"]: ONNX Runtime's own per-node profiler (a JSON trace read back by op_times()).
+        self._profiling = bool(opts.get("profile"))
+        if self._profiling:
+            import tempfile
+
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="bertship-ort-profile-")) / "trace")
         providers = opts.get("providers", ["CPUExecutionProvider"])
         self.disabled_optimizers = disabled_optimizers(providers, opts.get("disabled_optimizers"))
         self.session = ort.InferenceSession(str(model_path), so, providers=providers,
@@ -65,6 +72,28 @@ class OrtRunner:
             from .io_binding import IoBinding
 
             self._bound = IoBinding(self.session, opts.get("io_device", "cpu"))
+
+    def op_times(self, skip_runs: int = 0) -> tuple[dict[str, float], int]:
+        """With options["profile"]: (kernel milliseconds summed per operator type, runs counted), leaving out the
+        first `skip_runs` runs (warm-up). Ends profiling: call once, after the runs to count."""
+        import json
+        import shutil
+
+        if not self._profiling:
+            raise UsageError("op_times() needs the runner created with options {'profile': True}")
+        trace = Path(self.session.end_profiling())
+        try:
+            events = json.loads(trace.read_text())
+        finally:
+            shutil.rmtree(trace.parent, ignore_errors=True)
+        starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+        since = starts[skip_runs] if skip_runs < len(starts) else float("inf")
+        totals: dict[str, float] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= since:
+                op = e["args"]["op_name"]
+                totals[op] = totals.get(op, 0.0) + e["dur"] / 1000.0
+        return totals, max(len(starts) - skip_runs, 0)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._bound is not None:

@@ -25,6 +25,11 @@ class OpenVinoRunner:
         config["INFERENCE_PRECISION_HINT"] = opts.get("inference_precision", "f32")
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        # options["profile"]: the CPU plugin's per-node counters, summed per operator type by op_times().
+        self._profiling = bool(opts.get("profile"))
+        if self._profiling:
+            config["PERF_COUNT"] = True
+        self._op_runs: list[dict[str, float]] = []
         self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
         self.input_names = tuple(p.get_any_name() for p in self.compiled.inputs)
         self.output_names = tuple(p.get_any_name() for p in self.compiled.outputs)
@@ -38,7 +43,25 @@ class OpenVinoRunner:
             request = self.compiled.create_infer_request()
         try:
             result = request.infer({name: feeds[name] for name in self.input_names})
+            if self._profiling:
+                ms: dict[str, float] = {}
+                for node in request.profiling_info:
+                    ms[node.node_type] = ms.get(node.node_type, 0.0) + node.real_time.total_seconds() * 1000.0
+                self._op_runs.append(ms)
             # Copy: the request's output tensors are reused by its next inference.
             return {name: np.array(result[self.compiled.output(name)]) for name in self.output_names}
         finally:
             self._pool.put(request)
+
+    def op_times(self, skip_runs: int = 0) -> tuple[dict[str, float], int]:
+        """With options["profile"]: (milliseconds summed per operator type, runs counted), leaving out the first
+        `skip_runs` runs (warm-up)."""
+        if not self._profiling:
+            from .errors import UsageError
+
+            raise UsageError("op_times() needs the runner created with options {'profile': True}")
+        totals: dict[str, float] = {}
+        for ms in self._op_runs[skip_runs:]:
+            for op, v in ms.items():
+                totals[op] = totals.get(op, 0.0) + v
+        return totals, len(self._op_runs[skip_runs:])

@@ -48,3 +48,33 @@ def test_frontier_judges_against_the_fastest_dense_int8():
     assert "Aim at 1×128 (a pruned" in text and text.count("not met by any") == 1  # 3.8 / 2.0 = 1.9x at b1
     results["pruned 60% + compact + int8-static (OpenVINO)"]["accuracy"] = 0.82  # -2.0 points
     assert frontier.report(results, args, 60.0, []).count("not met by any variant measured here") == 2
+
+
+def test_op_profile_on_both_runtimes(tiny_artifact):
+    from bertship.bench import op_profile
+
+    for backend in ("onnxruntime", "openvino"):
+        prof = op_profile.profile(str(tiny_artifact), backend, "2x16", threads=1, warmup=2, iters=3)
+        assert prof["runs"] == 3, backend  # warm-up calls left out
+        assert prof["ops_ms"] and all(v >= 0 for v in prof["ops_ms"].values())
+        assert abs(prof["kernel_ms"] - sum(prof["ops_ms"].values())) < 1e-9
+        assert "MatMul" in " ".join(prof["ops_ms"]) or "FullyConnected" in prof["ops_ms"], prof["ops_ms"]
+
+
+def test_op_times_needs_profiling(tiny_artifact):
+    import pytest
+
+    from bertship.runtimes import UsageError, load
+
+    with pytest.raises(UsageError, match="profile"):
+        load(tiny_artifact, backend="onnxruntime").runner.op_times()
+
+
+def test_compare_bounds_the_speedup_by_what_did_not_shrink():
+    from bertship.bench.op_profile import compare
+
+    dense = {"ops_ms": {"MatMul": 8.0, "LayerNorm": 2.0}, "kernel_ms": 10.0}
+    compacted = {"ops_ms": {"MatMul": 4.0, "LayerNorm": 2.0}, "kernel_ms": 6.0}
+    c = compare(dense, compacted, 2.0)
+    assert c["fixed_ops"] == ["LayerNorm"] and c["fixed_share_dense"] == 0.2
+    assert c["ceiling"] == 10.0 / (2.0 + 8.0 / 2.0) and abs(c["kernel_ratio"] - 10 / 6) < 1e-12
