@@ -164,7 +164,7 @@ DISTILL_WEIGHT = 0.5  # share of the distillation term in the recovery loss; the
 
 
 def recover(model: Any, batches: list[dict[str, Any]], steps: int, heads: list[list[int]], neurons: list[list[int]],
-            lr: float = 2e-5, teacher: Any = None) -> list[float]:
+            lr: float = 2e-5, teacher: Any = None, log: Callable[[str], None] = lambda _: None) -> list[float]:
     """A short fine-tune on the labelled batches; the pruned heads and neurons are zeroed again after every step.
 
     With a `teacher` (the unpruned model), the loss mixes cross-entropy with logit distillation (Hinton et al. 2015):
@@ -192,6 +192,9 @@ def recover(model: Any, batches: list[dict[str, Any]], steps: int, heads: list[l
         optimizer.step()
         apply(model, heads, neurons)
         losses.append(loss.item())
+        if (step + 1) % max(steps // 10, 1) == 0 or step + 1 == steps:
+            recent = losses[-max(steps // 10, 1):]
+            log(f"[bertship] prune    recovery step {step + 1}/{steps}: mean loss {sum(recent) / len(recent):.4f}")
     model.eval()
     return losses
 
@@ -261,7 +264,7 @@ def prune(path: str | Path, out: str | Path, *, heads: str | float = "0%", ffn: 
         log(f"[bertship] prune    recovery: {recover_steps} steps of {batch_size} rows, lr {lr:g}"
             + (f", distilling from the unpruned model (T={DISTILL_TEMPERATURE:g}, weight {DISTILL_WEIGHT:g})"
                if distill else "") + " …")
-    losses = recover(model, feeds, recover_steps, chosen_heads, chosen_neurons, lr, teacher) if recover_steps else []
+    losses = recover(model, feeds, recover_steps, chosen_heads, chosen_neurons, lr, teacher, log) if recover_steps else []
     record = {"source": str(root.resolve()), "importance": "gradient (Michel et al. 2019)" if data else "magnitude",
               "data": str(data) if data else None, "ranking": ranking, "heads": head_ratio, "ffn": ffn_ratio,
               "form": "zeroed (shapes unchanged): export with --compact to remove them",

@@ -61,8 +61,12 @@ def test_recovery_distils_from_the_unpruned_model(tiny_folder, labelled, tmp_pat
 
     src = tiny_folder("bert", "sequence-classification")
     plain = prune(src, tmp_path / "plain", heads="50%", ffn="50%", data=labelled, recover_steps=3, batch_size=8)
+    lines: list[str] = []
     kd = prune(src, tmp_path / "kd", heads="50%", ffn="50%", data=labelled, recover_steps=3, batch_size=8,
-               distill=True)
+               distill=True, log=lines.append)
+    assert any("distilling from the unpruned model" in x for x in lines)
+    assert [x.split(":")[0] for x in lines if "recovery step" in x] == [
+        f"[bertship] prune    recovery step {i}/3" for i in (1, 2, 3)]  # progress, one line per tenth
     assert plain["distill"] is None and kd["distill"]["temperature"] == 2.0
     assert kd["heads_zeroed"] == plain["heads_zeroed"] and plain["importance_rows"] == len(sentences())
     # same pruning, batches and start: only the loss differs, so the recorded losses differ from the first step on
