@@ -39,6 +39,8 @@ SESSIONS = tuple((r, b, "bertship", None) for r, b in BUILDS) + (
     ("int8-dynamic", "onnxruntime", "ort-defaults", {"disabled_optimizers": []}),)
 VARIANTS = ("dense", "zeroed", "compacted")
 TARGET = 0.85  # speed-up must reach this fraction of the FLOP ratio
+UNSTRUCTURED = "unstructured"  # the sparsest --unstructured level, magnitude-pruned
+SPARSE_WEIGHTS = {"sparse_weights_decompression_rate": 0.5}  # OpenVINO CPU: layers >= 50 % zero stored sparse
 
 
 def _busy_s() -> float:
@@ -90,18 +92,21 @@ def export_variant(model, tokenizer, recipe: str, backend: str, out: Path) -> Pa
                   recipe=recipe, backends=backend, log=lambda _: None)
 
 
-def unstructured_sizes(dense, tokenizer, levels: list[float], work: Path) -> list[dict[str, Any]]:
-    """Magnitude-prune every encoder Linear to each level, export int8-dynamic, and zip: sizes side by side."""
+def unstructured(dense, tokenizer, levels: list[float], work: Path) -> tuple[list[dict[str, Any]], Path | None]:
+    """Magnitude-prune every encoder Linear to each level, export int8-dynamic and zip it (sizes side by side); the
+    sparsest level is also exported int8-static for OpenVINO, whose sparse int8 weight kernels are timed."""
     import copy
 
     from bertship.exporter.prune import zero_smallest
 
-    rows = []
+    rows, ov = [], None
     for level in levels:
         model = zero_smallest(copy.deepcopy(dense), level)
         art = export_variant(model, tokenizer, "int8-dynamic", "onnxruntime", work / f"unstructured-{level}")
         rows.append({"sparsity": level, **_sizes(art, work)})
-    return rows
+        if level == max(levels):
+            ov = export_variant(model, tokenizer, "int8-static", "openvino", work / f"unstructured-{level}-ov")
+    return rows, ov
 
 
 def _sizes(art: Path, work: Path) -> dict[str, Any]:
@@ -142,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"export {variant} {recipe} {backend} …")
             arts[(variant, recipe, backend)] = export_variant(models[variant], tokenizer, recipe, backend,
                                                               work / f"{variant}-{recipe}-{backend}")
-    log("unstructured sparsity: sizes …")
-    sizes = unstructured_sizes(models["dense"], tokenizer, args.unstructured, work)
+    log("unstructured sparsity: sizes, and an OpenVINO int8 build of the sparsest level …")
+    sizes, sparse_ov = unstructured(models["dense"], tokenizer, args.unstructured, work)
     structured_sizes = {v: _sizes(arts[(v, "int8-dynamic", "onnxruntime")], work) for v in VARIANTS}
     structured_sizes["dense"]["sparsity"] = 0.0
     structured_sizes["zeroed"]["sparsity"] = analysis.totals["sparsity"]
@@ -155,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(0)
     jobs = [(variant, recipe, backend, session, runtime) for variant in VARIANTS
             for recipe, backend, session, runtime in SESSIONS]
+    if sparse_ov is not None:  # OpenVINO's sparse int8 weights, the one kernel here that may use unstructured zeros
+        arts[(UNSTRUCTURED, "int8-static", "openvino")] = sparse_ov
+        jobs += [("dense", "int8-static", "openvino", "sparse-weights", SPARSE_WEIGHTS),
+                 (UNSTRUCTURED, "int8-static", "openvino", "bertship", None),
+                 (UNSTRUCTURED, "int8-static", "openvino", "sparse-weights", SPARSE_WEIGHTS)]
     for p in range(args.passes):
         order = list(jobs)
         rng.shuffle(order)
@@ -282,6 +292,7 @@ def markdown(r: dict[str, Any]) -> str:
     worst = max(x for v in r["latency"].values() for x in v["foreign_cores"])
     lines += ["", f"Highest foreign CPU load during a kept run: {worst:.2f} cores.", ""]
     lines += op_markdown(r.get("op_profiles", []))
+    lines += sparse_weights_markdown(r)
     lines += [
               "Unstructured zeros give no speed on these runtimes: " + "; ".join(
                   f"{k}: {v}" for k, v in r["kernels"].items() if k != "what zeros do give") + ".",
@@ -298,6 +309,31 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {zero} | {mb['artifact_bytes']:.1f} | {mb['deflate_bytes']:.1f} | "
                      f"{mb['lzma_bytes']:.1f} | {mb['onnx_bytes']:.1f} → {mb['onnx_deflate_bytes']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def sparse_weights_markdown(r: dict[str, Any]) -> list[str]:
+    """OpenVINO int8 with and without the CPU plugin's sparse weight decompression, dense vs unstructured zeros."""
+    lat = r["latency"]
+    names = {(v, s): _name(v, "int8-static", "openvino", s) for v in ("dense", UNSTRUCTURED)
+             for s in ("bertship", "sparse-weights")}
+    if not all(n in lat for n in names.values()):
+        return []
+    shapes = list(lat[names[("dense", "bertship")]]["summary"])
+    lines = [f"OpenVINO's sparse int8 weights (`CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE` "
+             f"{SPARSE_WEIGHTS['sparse_weights_decompression_rate']}, runner option "
+             "`sparse_weights_decompression_rate`), the one kernel here meant to use unstructured zeros: int8-static "
+             f"(nncf) MiniLM, dense and with {max(r['settings']['unstructured']):.0%} of every encoder weight "
+             "matrix zeroed by magnitude:", "",
+             "| model | sparse weights | " + " | ".join(f"{s} p50 ms" for s in shapes)
+             + " | " + " | ".join(f"{s} × dense (same setting)" for s in shapes) + " |",
+             "|---|---|" + "---|" * (2 * len(shapes))]
+    for (variant, session), name in names.items():
+        base = lat[names[("dense", session)]]["summary"]
+        s = lat[name]["summary"]
+        lines.append(f"| {variant} | {'on' if session == 'sparse-weights' else 'off'} | "
+                     + " | ".join(f"{s[k]['p50']:.2f}" for k in shapes) + " | "
+                     + " | ".join(f"{base[k]['p50'] / s[k]['p50']:.2f}×" for k in shapes) + " |")
+    return lines + [""]
 
 
 def op_markdown(profiles: list[dict[str, Any]]) -> list[str]:

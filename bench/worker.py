@@ -66,6 +66,9 @@ def text_batches(model, path: str, batch: int, limit: int) -> list[tuple[dict[st
 def _runner_options(args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
     """ONNX Runtime providers (placed on what this build has) and IO binding, from the --runtime JSON."""
     spec = json.loads(args.runtime or "{}")
+    if args.backend == "openvino":
+        rate = spec.get("sparse_weights_decompression_rate")
+        return {} if rate is None else {"sparse_weights_decompression_rate": rate}
     if args.backend != "onnxruntime":
         return {}
     from bertship.runtimes.providers import place
@@ -87,6 +90,7 @@ def _environment(model, args: argparse.Namespace, runner_options: dict[str, Any]
         "backend": args.backend, "threads": args.threads, "precision": model.precision,
         "providers": list(getattr(model.runner, "providers", ())), "io_binding": bool(runner_options.get("io_binding")),
         "disabled_optimizers": list(getattr(model.runner, "disabled_optimizers", ())),
+        "sparse_weights_decompression_rate": runner_options.get("sparse_weights_decompression_rate"),
         "model_file": model.manifest["backends"][args.backend]["model"], "python": platform.python_version(),
         "packages": versions,
     }

@@ -25,6 +25,16 @@ class OpenVinoRunner:
         config["INFERENCE_PRECISION_HINT"] = opts.get("inference_precision", "f32")
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        # options["sparse_weights_decompression_rate"]: the CPU plugin's sparse int8 weights (AMX CPUs): FullyConnected
+        # layers whose int8 weights are at least this sparse are stored compressed and decompressed in the kernel.
+        rate = opts.get("sparse_weights_decompression_rate")
+        if rate is not None:
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < float(rate) <= 1.0:
+                from .errors import UsageError
+
+                raise UsageError(f"sparse_weights_decompression_rate must be a number in (0, 1], got {rate!r} — "
+                                 "e.g. 0.5 for layers at least half zeros")
+            config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = float(rate)
         # options["profile"]: the CPU plugin's per-node counters, summed per operator type by op_times().
         self._profiling = bool(opts.get("profile"))
         if self._profiling:

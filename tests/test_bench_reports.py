@@ -78,3 +78,15 @@ def test_compare_bounds_the_speedup_by_what_did_not_shrink():
     c = compare(dense, compacted, 2.0)
     assert c["fixed_ops"] == ["LayerNorm"] and c["fixed_share_dense"] == 0.2
     assert c["ceiling"] == 10.0 / (2.0 + 8.0 / 2.0) and abs(c["kernel_ratio"] - 10 / 6) < 1e-12
+
+
+def test_sparse_weights_table_compares_within_one_setting():
+    lat = {}
+    for variant, session, ms in (("dense", "bertship", 4.0), ("dense", "sparse-weights", 4.4),
+                                 (sparsity.UNSTRUCTURED, "bertship", 4.0), (sparsity.UNSTRUCTURED, "sparse-weights", 2.2)):
+        lat[sparsity._name(variant, "int8-static", "openvino", session)] = _latency(
+            variant, "int8-static", "openvino", session, ms)
+    lines = sparsity.sparse_weights_markdown({"latency": lat, "settings": {"unstructured": [0.5, 0.8]}})
+    assert "80% of every encoder weight matrix" in lines[0]
+    assert "| unstructured | on | 2.20 | 2.00× |" in lines  # 4.4 / 2.2, against dense with the same setting
+    assert sparsity.sparse_weights_markdown({"latency": {}, "settings": {"unstructured": []}}) == []

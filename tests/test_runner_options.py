@@ -1,4 +1,5 @@
-"""How bertship opens ONNX Runtime sessions: the graph transformers it turns off on CPU, and the override."""
+"""Runner options: the ONNX Runtime graph transformers bertship turns off on CPU (and the override), OpenVINO's sparse
+int8 weights."""
 
 from __future__ import annotations
 
@@ -51,3 +52,16 @@ def test_gpu_sessions_and_explicit_lists():
     assert disabled_optimizers(["CPUExecutionProvider"], ["AttentionFusion"]) == ("AttentionFusion",)
     with pytest.raises(UsageError, match="list of ONNX Runtime optimizer names"):
         disabled_optimizers(["CPUExecutionProvider"], "SkipLayerNormFusion")
+
+
+def test_openvino_sparse_weights_option(tiny_artifact):
+    import numpy as np
+
+    texts = ["a short test", "another one"]
+    plain = load(tiny_artifact, backend="openvino").encode(texts)
+    sparse = load(tiny_artifact, backend="openvino", runner_options={"sparse_weights_decompression_rate": 0.5})
+    assert sparse.runner.compiled.get_property("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE") == 0.5
+    assert np.allclose(sparse.encode(texts), plain, atol=1e-5)
+    for bad in (0, 1.5, "half", True):
+        with pytest.raises(UsageError, match="sparse_weights_decompression_rate must be a number in"):
+            load(tiny_artifact, backend="openvino", runner_options={"sparse_weights_decompression_rate": bad})
