@@ -40,6 +40,7 @@ class OpenVinoRunner:
         if self._profiling:
             config["PERF_COUNT"] = True
         self._op_runs: list[dict[str, float]] = []
+        self._kernels: dict[str, set[str]] = {}
         self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
         self.input_names = tuple(p.get_any_name() for p in self.compiled.inputs)
         self.output_names = tuple(p.get_any_name() for p in self.compiled.outputs)
@@ -57,6 +58,7 @@ class OpenVinoRunner:
                 ms: dict[str, float] = {}
                 for node in request.profiling_info:
                     ms[node.node_type] = ms.get(node.node_type, 0.0) + node.real_time.total_seconds() * 1000.0
+                    self._kernels.setdefault(node.node_type, set()).add(node.exec_type)
                 self._op_runs.append(ms)
             # Copy: the request's output tensors are reused by its next inference.
             return {name: np.array(result[self.compiled.output(name)]) for name in self.output_names}
@@ -75,3 +77,8 @@ class OpenVinoRunner:
             for op, v in ms.items():
                 totals[op] = totals.get(op, 0.0) + v
         return totals, len(self._op_runs[skip_runs:])
+
+    def kernels(self) -> dict[str, list[str]]:
+        """With options["profile"]: the CPU plugin's kernel names per operator type seen so far (e.g. FullyConnected:
+        brgemm_avx512_amx_I8, or brgemm_avx512_amx_sparse_I8 where sparse int8 weights are in use)."""
+        return {op: sorted(names) for op, names in sorted(self._kernels.items())}

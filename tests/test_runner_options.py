@@ -65,3 +65,31 @@ def test_openvino_sparse_weights_option(tiny_artifact):
     for bad in (0, 1.5, "half", True):
         with pytest.raises(UsageError, match="sparse_weights_decompression_rate must be a number in"):
             load(tiny_artifact, backend="openvino", runner_options={"sparse_weights_decompression_rate": bad})
+
+
+def _has_amx() -> bool:
+    from bertship.profiles import cpu_info
+
+    return "amx_int8" in cpu_info()["flags"]
+
+
+@pytest.mark.skipif(not _has_amx(), reason="OpenVINO's sparse int8 weight kernels exist only on CPUs with AMX")
+def test_openvino_sparse_weights_engage_on_amx(tiny_folder, tmp_path):
+    import transformers as tf
+
+    from bertship.exporter import export
+    from bertship.exporter.prune import zero_smallest
+    from bertship.exporter.sparsity import load_tokenizer
+
+    src = tiny_folder("bert", "feature-extraction")
+    # the CPU plugin picks AMX kernels only for layers of a realistic size: hidden 256, FFN 1024, one layer
+    config = tf.BertConfig(hidden_size=256, num_hidden_layers=1, num_attention_heads=4, intermediate_size=1024,
+                           vocab_size=tf.AutoConfig.from_pretrained(src).vocab_size, max_position_embeddings=64)
+    model = zero_smallest(tf.BertModel(config).eval(), 0.8)
+    art = export(model, load_tokenizer(src), task="feature-extraction", out=tmp_path / "a", recipe="int8-static",
+                 backends="openvino", log=lambda _: None)
+    for options, kernel in (({}, "brgemm_avx512_amx_I8"),
+                            ({"sparse_weights_decompression_rate": 0.5}, "brgemm_avx512_amx_sparse_I8")):
+        m = load(art, backend="openvino", runner_options={"profile": True, **options})
+        m.encode(["a short test"])
+        assert m.runner.kernels()["FullyConnected"] == [kernel]
