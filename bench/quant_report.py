@@ -17,7 +17,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [f"Machine: {cpu['model']} ({cpu['arch']}, {cpu['cores']} cores; {' '.join(cpu['flags'])}), "
              f"{r['threads']} threads; {r['created']}; `{r['command']}` ({r['minutes']:.0f} min).", "",
              "Classifier: all-MiniLM-L6-v2 fine-tuned on the MR train split (exporter/baselines.py `finetune`); test split "
-             f"{len(r.get('test', [])) or 1057} sentences. p50 over two interleaved passes, each variant in its own process.",
+             f"{len(r.get('test', [])) or 1057} sentences. p50 over two interleaved passes, each variant in its own process"
+             + _load_note(r) + ".",
              "", "| variant | backend | accuracy | % of fp32 | b1 real len ms | b1×128 ms | b8×128 ms | "
              "× PyTorch (b1×128) | size MB |", "|---|---|---|---|---|---|---|---|---|"]
     rows = sorted(cls.items(), key=lambda kv: kv[1]["p50_ms"].get("1x128", 1e9))
@@ -73,3 +74,9 @@ def plot(r: dict[str, Any], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _load_note(r: dict[str, Any]) -> str:
+    """The highest share of the CPU other processes used while a kept worker was timing (runs above 15 % re-run)."""
+    loads = [x for v in r.get("classification", {}).values() for x in v.get("foreign_loads", []) if x is not None]
+    return f"; highest foreign CPU load during a kept timing: {max(loads):.0%}" if loads else ""

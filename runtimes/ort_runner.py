@@ -10,11 +10,11 @@ import numpy as np
 from .errors import UsageError
 
 # ONNX Runtime graph transformers bertship turns off when a session runs on CPU providers only. SkipLayerNormFusion
-# folds `Add(residual) + LayerNormalization` into SkipLayerNormalization; onnxruntime 1.32's CPU kernel for it took
-# 1.00 ms on an 8x128x384 tensor where Add + LayerNormalization took 0.20 ms (2 threads, AVX-512 Xeon), which made
-# int8-dynamic MiniLM 12 % slower at 8x128 and pruned int8 models up to 20 % slower (bench/results/sparsity.md times
-# both settings side by side). Fp32 graphs exported by bertship are not fused this way, so they are unaffected. A
-# profile's [[runtimes]] `disabled_optimizers = []` (or runner option) restores ONNX Runtime's defaults.
+# folds `Add(residual) + LayerNormalization` into SkipLayerNormalization, whose CPU kernel in onnxruntime 1.32 is slower
+# than the two ops it replaces: without the fusion, int8-dynamic MiniLM ran 11-14 % faster and compacted int8 models
+# 16-22 % faster (bench/results/sparsity.md times both settings side by side). Fp32 graphs exported by bertship are not
+# fused this way, so they are unaffected. A profile's [[runtimes]] `disabled_optimizers = []` (or the runner option)
+# restores ONNX Runtime's defaults.
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
