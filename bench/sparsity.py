@@ -6,11 +6,13 @@ The bundled all-MiniLM-L6-v2 with --heads and --ffn of its heads and FFN neurons
 ranking: layers keep different counts) is exported three ways under the same recipe — dense (the original),
 zeroed (zeros kept, same shapes) and compacted (`compact`: zeros removed) — as fp32 and int8-dynamic on ONNX Runtime
 and fp32 and int8-static (nncf) on OpenVINO. ONNX Runtime int8 is timed twice: as bertship runs it (SkipLayerNormFusion
-off, runtimes.ort_runner) and with ONNX Runtime's default fusions. Each artifact x backend x session setting is timed by
-bench.worker in its own torch-free process, in shuffled interleaved passes; a run during which other processes kept more than --max-foreign cores busy (from /proc/stat
-minus the worker's own CPU time) is repeated. Speed-up vs dense is compared with the FLOP ratio (target >= 0.85x).
-Unstructured sparsity is measured for what it gives here, a smaller download: magnitude-pruned MiniLM, int8-dynamic,
-zipped (exporter.container.pack). This process needs torch to build and export; timing never imports it.
+off, runtimes.ort_runner) and with ONNX Runtime's default fusions. Each artifact x backend x session setting is timed
+by bench.worker in its own torch-free process, in shuffled interleaved passes; a run during which other processes kept
+more than --max-foreign cores busy (from /proc/stat minus the worker's own CPU time) is repeated. Speed-up vs dense is
+compared with the FLOP ratio (target >= 0.85x), and dense vs compacted int8 are profiled per operator type
+(bench.op_profile) to show what did not shrink. Unstructured sparsity is measured for what it gives here: a smaller
+download (magnitude-pruned MiniLM, int8-dynamic, zipped by exporter.container.pack), and OpenVINO's sparse int8 weight
+kernels timed on the sparsest level. This process needs torch to build and export; timing never imports it.
 Writes sparsity.json (raw samples), sparsity.md and sparsity.png.
 """
 

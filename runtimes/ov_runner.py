@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UsageError
+
 
 class OpenVinoRunner:
     """Runs an OpenVINO IR on the CPU plugin with an explicit inference precision."""
@@ -30,8 +32,6 @@ class OpenVinoRunner:
         rate = opts.get("sparse_weights_decompression_rate")
         if rate is not None:
             if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < float(rate) <= 1.0:
-                from .errors import UsageError
-
                 raise UsageError(f"sparse_weights_decompression_rate must be a number in (0, 1], got {rate!r} — "
                                  "e.g. 0.5 for layers at least half zeros")
             config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = float(rate)
@@ -69,8 +69,6 @@ class OpenVinoRunner:
         """With options["profile"]: (milliseconds summed per operator type, runs counted), leaving out the first
         `skip_runs` runs (warm-up)."""
         if not self._profiling:
-            from .errors import UsageError
-
             raise UsageError("op_times() needs the runner created with options {'profile': True}")
         totals: dict[str, float] = {}
         for ms in self._op_runs[skip_runs:]:
