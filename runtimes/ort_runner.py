@@ -23,6 +23,19 @@ def _provider_name(entry: Any) -> str:
     return entry[0] if isinstance(entry, (tuple, list)) else str(entry)
 
 
+def session_providers(providers: Sequence[Any], precision: str) -> list[tuple[str, dict[str, Any]]]:
+    """(name, options) pairs for InferenceSession. The CUDA provider runs fp32 MatMuls in TF32 unless told otherwise
+    (10-bit mantissa: a tiny BERT moved by 6.5e-4 on an H200, past the fp32 gate); an fp32 artifact keeps fp32 math
+    there unless the options set use_tf32 themselves."""
+    out = []
+    for entry in providers:
+        name, opts = (entry[0], dict(entry[1])) if isinstance(entry, (tuple, list)) else (str(entry), {})
+        if name == "CUDAExecutionProvider" and precision == "fp32":
+            opts.setdefault("use_tf32", "0")
+        out.append((name, opts))
+    return out
+
+
 def disabled_optimizers(providers: Sequence[Any], requested: Sequence[str] | None) -> tuple[str, ...]:
     """The graph transformers to turn off: `requested` when given, else bertship's CPU default on CPU-only sessions."""
     if requested is not None:
@@ -58,7 +71,7 @@ class OrtRunner:
 
             so.enable_profiling = True
             so.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="bertship-ort-profile-")) / "trace")
-        providers = opts.get("providers", ["CPUExecutionProvider"])
+        providers = session_providers(opts.get("providers", ["CPUExecutionProvider"]), str(opts.get("precision", "fp32")))
         self.disabled_optimizers = disabled_optimizers(providers, opts.get("disabled_optimizers"))
         self.session = ort.InferenceSession(str(model_path), so, providers=providers,
                                             disabled_optimizers=list(self.disabled_optimizers))

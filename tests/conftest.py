@@ -29,7 +29,12 @@ def tiny_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tiny_folder, tmp_path_factory):
-    """A tiny BERT feature-extraction artifact on both backends, exported once per session."""
+    """A tiny BERT feature-extraction artifact on both backends, exported once per session.
+
+    BERTSHIP_TINY_ARTIFACT names one exported elsewhere instead: the GPU tests run on an accelerator machine that has
+    onnxruntime-gpu but not the exporter's stack (see README, Tests)."""
+    if os.environ.get("BERTSHIP_TINY_ARTIFACT"):
+        return Path(os.environ["BERTSHIP_TINY_ARTIFACT"])
     from bertship.exporter import export
 
     out = tmp_path_factory.mktemp("tiny-art") / "bert"

@@ -93,3 +93,15 @@ def test_openvino_sparse_weights_engage_on_amx(tiny_folder, tmp_path):
         m = load(art, backend="openvino", runner_options={"profile": True, **options})
         m.encode(["a short test"])
         assert m.runner.kernels()["FullyConnected"] == [kernel]
+
+
+def test_cuda_keeps_fp32_math_for_fp32_artifacts():
+    from bertship.runtimes.ort_runner import session_providers
+
+    cuda = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert session_providers(cuda, "fp32") == [("CUDAExecutionProvider", {"device_id": 0, "use_tf32": "0"}),
+                                               ("CPUExecutionProvider", {})]
+    assert session_providers(cuda, "fp16")[0] == ("CUDAExecutionProvider", {"device_id": 0})  # not an fp32 artifact
+    asked = [("CUDAExecutionProvider", {"use_tf32": "1"})]
+    assert session_providers(asked, "fp32") == asked  # an explicit choice stands
+    assert cuda[0][1] == {"device_id": 0}  # the caller's options are not changed
