@@ -23,7 +23,7 @@ from typing import Any
 from bertship.profiles import cpu_info
 
 from .mr_data import CACHE, split
-from .quantization import WORK as QUANT
+from .quantization import WORK as QUANT, run_worker
 
 WORK = CACHE / "frontier"
 
@@ -38,7 +38,7 @@ def _run(cmd: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bertship.bench.frontier", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("bench/results"))
-    p.add_argument("--levels", type=int, nargs="+", default=[30, 50, 60])
+    p.add_argument("--levels", type=int, nargs="+", default=[30, 50, 60, 70])
     p.add_argument("--recover-steps", type=int, default=800)
     p.add_argument("--train-rows", type=int, default=2048, help="rows the importance scores are computed on")
     p.add_argument("--lr", type=float, default=5e-5)
@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for name, (path, backend) in variants.items():
         print(f"[bench] measure {name}", file=sys.stderr, flush=True)
-        cmd = [py, "-m", "bertship.bench.quant_worker", "--model", str(path), "--backend", backend,
-               "--tokenizer-from", str(dense["dense fp32 (ORT)"][0]), "--data", str(test)]
-        r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        r = run_worker(path, backend, dense["dense fp32 (ORT)"][0], ["--data", str(test)])  # re-run if loaded
         manifest = json.loads((path / "manifest.json").read_text())
         r["flop_ratio"] = manifest.get("compaction", {}).get("flop_ratio", 1.0)
         r.pop("samples_ms")
