@@ -102,10 +102,12 @@ def _fidelity(model) -> dict[str, Any] | None:
 
     if "golden" not in model.manifest:
         return None
-    feeds, refs, _, _ = read_golden(model.root, model.manifest)
-    report, failures = backend_checks(model.runner, model.manifest, feeds, refs)
+    feeds, refs, texts, _ = read_golden(model.root, model.manifest)
+    report, failures = backend_checks(model.runner, model.manifest, feeds, refs, texts)
     return {"cosine_min": min(o["cosine_min"] for o in report["outputs"]),
-            "cosine_mean": min(o["cosine_mean"] for o in report["outputs"]), "failures": failures}
+            "cosine_mean": min(o["cosine_mean"] for o in report["outputs"]),
+            "text_cosine_min": report["tail"]["cosine_min"], "text_cosine_p1": report["tail"]["cosine_p1"],
+            "batch_cosine_min": report["batch_invariance"]["cosine_min"], "failures": failures}
 
 
 def _timed(call: Callable[[], Any], calls: int) -> list[float]:

@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--pooling", default=None, help="sentence-embedding pooling: mean, cls or max")
     ex.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                     help="L2-normalize sentence embeddings inside the graph")
-    ex.add_argument("--recipe", default="fp32", help="fp32, bf16, fp16, int8-dynamic, int8-static, int8-weight-only, "
-                    "int4-weight-only (default: %(default)s; `bertship recipes` explains each)")
+    ex.add_argument("--recipe", default="fp32", help="fp32, bf16, fp16, int8-dynamic, int8-static, int8-mixed, "
+                    "int8-weight-only, int4-weight-only or auto (default: %(default)s; `bertship recipes` explains each)")
     ex.add_argument("--calibration", default=None,
                     help="int8-static: .txt (one text per line) or .jsonl ({\"text\": …}) of your texts; default: bundled")
     ex.add_argument("--calibration-method", default=None, help="int8-static: minmax (default), entropy or percentile")
@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
                          "drop of fp32, e.g. 1%% (relative)")
     ex.add_argument("--eval-data", default=None, help="labelled data (.tsv text<TAB>label) the drop is judged on; "
                     "default: output cosine vs fp32 on the calibration text")
+    ex.add_argument("--min-cosine", default=None,
+                    help="embeddings: every text's vector must keep at least this cosine vs fp32, alone and batched, "
+                         "on the calibration (or --eval-data) texts and the golden texts, e.g. 0.99; int8-mixed "
+                         "searches for it (default 0.99), other recipes are refused when they miss it")
+    ex.add_argument("--allow-batch-dependence", action="store_true",
+                    help="accept an embedding artifact whose vectors change with batch-mates and padding (alone vs "
+                         "batched cosine < 0.999, e.g. int8-dynamic); recorded in the manifest")
     ex.add_argument("--compact", action="store_true",
                     help="remove dead attention heads and FFN neurons (structured zeros) before export: a smaller "
                          "dense model with the same outputs (see `bertship analyze`)")
@@ -170,6 +177,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         task=args.task, backends=args.backends, recipe=args.recipe, calibration=args.calibration,
         calibration_method=args.calibration_method, ort_graph=args.ort_graph,
         max_accuracy_drop=args.max_accuracy_drop, eval_data=args.eval_data, profile=args.profile,
+        min_cosine=args.min_cosine, allow_batch_dependence=args.allow_batch_dependence,
         compact=args.compact,
         allow_missing_fusions=args.allow_missing_fusions, force=args.force, allow_pickle=args.allow_pickle,
         max_length=args.max_length, pooling=args.pooling, normalize=args.normalize, threads=args.threads,
@@ -233,7 +241,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
-    from bertship.exporter.recipes import RECIPES
+    from bertship.exporter.recipes import AUTO_SUMMARY, RECIPES
     from bertship.profiles import cpu_info
 
     flags = set(cpu_info()["flags"])
@@ -253,6 +261,9 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
             print(f"  export gate vs PyTorch fp32: per-sample cosine >= {tol.min_cosine}, "
                   f"argmax agreement >= {tol.min_argmax_agreement}")
         print()
+    print(f"auto\n  {AUTO_SUMMARY}\n")
+    print("Every embedding artifact must also give a text the same vector alone and among other texts (cosine >= "
+          "0.999; --allow-batch-dependence accepts less).")
     return 0
 
 
@@ -267,7 +278,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         for name, rep in report.items():
             worst = max(o["max_abs_diff"] for o in rep["outputs"])
             cos = min(o["cosine_min"] for o in rep["outputs"])
-            print(f"{name:<12} ok  precision {rep['precision']:<5} max|diff| {worst:.2e}  min cosine {cos:.7f}")
+            print(f"{name:<12} ok  precision {rep['precision']:<5} max|diff| {worst:.2e}  min cosine {cos:.7f}  "
+                  f"per-text tail: min {rep['tail']['cosine_min']:.6f} p1 {rep['tail']['cosine_p1']:.6f}  "
+                  f"alone vs batched: min {rep['batch_invariance']['cosine_min']:.6f}")
         print(f"verified {args.artifact}: checksums, tokenizer and {len(report)} backend(s) match the golden outputs")
     return 0
 

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bertship.runtimes import artifact, load
-from bertship.runtimes.errors import BertshipError, FidelityError
+from bertship.runtimes.errors import BertshipError, FidelityError, UsageError
 from bertship.runtimes.evaluate import EvalData, evaluate, read_eval_data
 
 from . import calibration, package
-from .fallback import parse_drop
+from .fallback import parse_drop, parse_min_cosine
 from .options import ExportOptions
-from .recipes import RECIPES
+from .recipes import EMBEDDING_TASKS, RECIPES
 
 # Recipes worth trying for speed on a CPU backend, in order. fp16 and ONNX Runtime's weight-only MatMulNBits are
 # size recipes here (measured slower than fp32 on CPU), so they are not candidates.
@@ -33,15 +33,18 @@ CANDIDATES = {
 }
 DEFAULT_DROP = "1%"  # MLPerf's bert-99 rule: keep at least 99 % of fp32 accuracy
 TIMED_SHAPE = "1x128"
+# With --min-cosine, the mixed recipe joins the candidates: its search is what can meet a tail target with int8.
+MIXED = "int8-mixed"
+_SEARCHING = ("int8-dynamic", "int8-static", MIXED)
 
 
 def candidates(backends: tuple[str, ...], cpu_flags: list[str],
-               wanted: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+               wanted: tuple[str, ...] | None = None, mixed: bool = False) -> list[tuple[str, str]]:
     """(recipe, backend) pairs to try: those each backend supports and this CPU can run (`wanted`: a profile's
-    candidate recipes, in its order; None: the CPU defaults above)."""
+    candidate recipes, in its order; None: the CPU defaults above, plus int8-mixed when `mixed`)."""
     out = []
     for backend in backends:
-        for name in (wanted if wanted is not None else CANDIDATES[backend]):
+        for name in (wanted if wanted is not None else CANDIDATES[backend] + ((MIXED,) if mixed else ())):
             recipe = RECIPES[name]
             if backend in recipe.how and (not recipe.isa_any or set(recipe.isa_any) & set(cpu_flags)):
                 out.append((name, backend))
@@ -70,65 +73,90 @@ def run_auto(build: Callable[..., Path], out: Path, opts: ExportOptions, names: 
     candidates that hold the limit. A profile asking for the ORT format gets the winner converted to .ort.
     """
     max_drop = parse_drop(opts.max_accuracy_drop or DEFAULT_DROP)
+    if opts.min_cosine is not None:
+        parse_min_cosine(opts.min_cosine)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.auto-", dir=out.parent if out.parent.exists() else None))
     try:
         tried: list[dict[str, Any]] = []
         built: dict[tuple[str, str], Path] = {}
         wanted = tuple(profile.recipes) if profile is not None else None
         flags = cpu_flags if timed_here else list(cpu_flags) + ["asimddp", "i8mm", "avx512_vnni", "amx_bf16"]
-        for recipe, backend in candidates(names, flags, wanted):
+        tail = opts.min_cosine is not None
+        task = None
+        for recipe, backend in candidates(names, flags, wanted, mixed=tail):
+            if recipe == "int8-dynamic" and task in EMBEDDING_TASKS and not opts.allow_batch_dependence:
+                tried.append({"recipe": recipe, "backend": backend, "status": "skipped",
+                              "reason": "its vectors depend on batch-mates and padding (one activation scale per "
+                                        "batch); pass --allow-batch-dependence to try it"})
+                log(f"[bertship] auto     {recipe} on {backend} skipped: outputs depend on batch-mates")
+                continue
             log(f"[bertship] auto     candidate {recipe} on {backend}")
-            sub = replace(opts, recipe=recipe, backends=(backend,), force=False,
-                          max_accuracy_drop=(opts.max_accuracy_drop or DEFAULT_DROP)
-                          if recipe in ("int8-dynamic", "int8-static") else None,
-                          eval_data=opts.eval_data if recipe in ("int8-dynamic", "int8-static") else None,
-                          calibration=opts.calibration if RECIPES[recipe].needs_calibration else None)
+            # with --min-cosine every candidate is judged on the tail (int8-mixed searches for it, the others are
+            # refused when they miss it); otherwise the int8 recipes search within the accuracy drop
+            drop = None if tail or recipe not in _SEARCHING else (opts.max_accuracy_drop or DEFAULT_DROP)
+            sub = replace(opts, recipe=recipe, backends=(backend,), force=False, max_accuracy_drop=drop,
+                          eval_data=opts.eval_data if (drop is not None or tail) else None,
+                          calibration=opts.calibration if (RECIPES[recipe].needs_calibration or tail) else None)
             try:
                 built[(recipe, backend)] = build(out=work / f"{recipe}-{backend}", options=sub, log=log)
                 tried.append({"recipe": recipe, "backend": backend, "status": "built"})
+                task = artifact.read_manifest(built[(recipe, backend)])["task"]["name"]
+            except UsageError:
+                raise  # the request itself is wrong (e.g. --min-cosine on a classifier): no candidate can fix it
             except (BertshipError, RuntimeError) as exc:
                 tried.append({"recipe": recipe, "backend": backend, "status": "failed", "reason": str(exc)})
                 log(f"[bertship] auto     {recipe} on {backend} failed: {exc}")
         fp32 = next((p for (r, _), p in built.items() if r == "fp32"), None)
-        data, reference = _scoring(opts, fp32)
+        data, reference = _scoring(opts, fp32) if not tail else (None, None)
         for entry in tried:
             if entry["status"] != "built":
                 continue
             path = built[(entry["recipe"], entry["backend"])]
-            model_ = load(path, backend=entry["backend"], threads=opts.threads)
-            result = evaluate(model_, data, reference)
-            # a classifier's few logits have no direction worth a cosine: without labels, agreement with fp32
-            metric = ("accuracy" if "accuracy" in result else
-                      "agreement" if "argmax_agreement" in result else "cosine")
-            score = result[{"accuracy": "accuracy", "agreement": "argmax_agreement", "cosine": "cosine_mean"}[metric]]
             manifest = artifact.read_manifest(path)
-            entry.update(metric=metric, score=score,
+            fidelity = manifest["fidelity"]
+            golden = fidelity["backends"][entry["backend"]]
+            if tail:  # the candidate's own export measured its tail against the target, and refused a miss
+                metric, score = "min_cosine", fidelity["target"]["backends"][entry["backend"]]["cosine_min"]
+            else:
+                result = evaluate(load(path, backend=entry["backend"], threads=opts.threads), data, reference)
+                # a classifier's few logits have no direction worth a cosine: without labels, agreement with fp32
+                metric = ("accuracy" if "accuracy" in result else
+                          "agreement" if "argmax_agreement" in result else "cosine")
+                score = result[{"accuracy": "accuracy", "agreement": "argmax_agreement",
+                                "cosine": "cosine_mean"}[metric]]
+            entry.update(metric=metric, score=score, golden_text_cosine_min=golden["tail"]["cosine_min"],
+                         golden_text_cosine_p1=golden["tail"]["cosine_p1"],
+                         batch_cosine_min=golden["batch_invariance"]["cosine_min"],
                          size_bytes=sum(f["bytes"] for f in manifest["files"]
                                         if f["path"].startswith(entry["backend"] + "/")),
                          p50_ms=_time(path, entry["backend"], opts.threads, manifest["tokenizer"]["max_length"])
                          if timed_here else None)
         base = max((e["score"] for e in tried if e.get("recipe") == "fp32" and "score" in e), default=1.0)
+        limit = float(opts.min_cosine) if tail else (1 - max_drop) * base
         for entry in tried:
             if "score" in entry:
-                entry["within_limit"] = entry["score"] >= (1 - max_drop) * base
+                entry["within_limit"] = entry["score"] >= limit
         ok = [e for e in tried if e.get("within_limit")]
         if not ok:
             raise FidelityError([f"{e['recipe']} on {e['backend']}: {e.get('reason') or e.get('score')}" for e in tried],
-                                "no candidate holds the accuracy limit; nothing was written — raise --max-accuracy-drop")
+                                "no candidate holds the target; nothing was written — "
+                                + ("lower --min-cosine" if tail else "raise --max-accuracy-drop"))
         winner = min(ok, key=lambda e: e["p50_ms"]) if timed_here else ok[0]
         for entry in tried:
             log(f"[bertship] auto     {entry['recipe']:<16} {entry['backend']:<11} "
                 + (f"{entry['metric']} {entry['score']:.4f}  p50 {_ms(entry['p50_ms'])}  "
-                   f"{entry['size_bytes'] / 1e6:.1f} MB  {'ok' if entry['within_limit'] else 'over the limit'}"
-                   if "score" in entry else f"failed: {entry['reason'][:120]}"))
+                   f"{entry['size_bytes'] / 1e6:.1f} MB  alone vs batched {entry['batch_cosine_min']:.5f}  "
+                   f"{'ok' if entry['within_limit'] else 'over the limit'}"
+                   if "score" in entry else f"{entry['status']}: {entry['reason'][:120]}"))
         path = built[(winner["recipe"], winner["backend"])]
         manifest = artifact.read_manifest(path)
-        why = (f"fastest p50 ({winner['p50_ms']:.2f} ms) of {len(ok)} candidate(s) within {max_drop:.2%} of the "
-               f"fp32 {winner['metric']}" if timed_here else
-               f"first of the profile's candidates within {max_drop:.2%} of the fp32 {winner['metric']}; not timed: "
-               "this machine is not the profile's target")
+        held = (f"with every text's cosine ≥ {opts.min_cosine} (--min-cosine)" if tail else
+                f"within {max_drop:.2%} of the fp32 {winner['metric']}")
+        why = (f"fastest p50 ({winner['p50_ms']:.2f} ms) of {len(ok)} candidate(s) {held}" if timed_here else
+               f"first of the profile's candidates {held}; not timed: this machine is not the profile's target")
         manifest["auto"] = {
-            "max_drop": max_drop, "baseline": base, "timed_shape": TIMED_SHAPE if timed_here else None,
+            "max_drop": None if tail else max_drop, "min_cosine": float(opts.min_cosine) if tail else None,
+            "baseline": base, "timed_shape": TIMED_SHAPE if timed_here else None,
             "candidates": tried, "winner": {"recipe": winner["recipe"], "backend": winner["backend"]}, "why": why,
             "profile": profile.name if profile is not None else None,
         }

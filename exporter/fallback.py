@@ -1,9 +1,15 @@
-"""Accuracy-aware fallback: keep the most quantization-sensitive layers in float until the accuracy limit holds.
+"""Accuracy-aware fallback: keep the most quantization-sensitive groups in float until every objective holds.
 
-Sensitivity is measured, not guessed: each group of MatMuls (per layer: the attention-score products and the Linear
-layers separately on ONNX Runtime; whole layers on OpenVINO, whose converter fuses attention into one op) is left in
-float alone, and the score it wins back is its sensitivity. Groups then go back to float in that order until the
-quantized model keeps (1 - max_drop) of the fp32 score. The manifest records every measurement.
+An objective is a score and a target: accuracy or agreement within --max-accuracy-drop of fp32, or, for embeddings,
+the lowest per-text cosine against fp32 (each text alone and in mixed-length batches) at or above --min-cosine.
+
+Sensitivity is measured, not guessed: each group is left in float alone, and the margin it wins back is its
+sensitivity. The fewest groups, taken in that order, that meet every objective stay in float (found by bisection on
+their count). For int8-static and int8-dynamic
+a group is a set of MatMuls kept out of quantization (per layer: the attention-score products and the Linear layers
+separately on ONNX Runtime; whole layers on OpenVINO, whose converter fuses attention into one op), and each trial is
+quantized anew; for int8-mixed a group is an activation quantizer of one all-int8 model (see qdq.py), chosen after the
+quantization routes were measured, so trials only remove quantizers. The manifest records every measurement.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 
 from bertship.runtimes import backends
 from bertship.runtimes.errors import FidelityError, UsageError
+from bertship.runtimes.fidelity import cosines, tail, text_vectors
 
 from . import quantize
 
@@ -33,6 +40,17 @@ def parse_drop(text: str | float) -> float:
         raise UsageError(f"--max-accuracy-drop {text!r} is not a number — write e.g. 1% or 0.01") from None
     if not 0 < value < 1:
         raise UsageError(f"--max-accuracy-drop {text!r} must be between 0 and 100 % — e.g. 1% keeps 99 % of fp32")
+    return value
+
+
+def parse_min_cosine(text: str | float) -> float:
+    """'0.99' -> 0.99; anything outside (0, 1] is a UsageError."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"--min-cosine {text!r} is not a number — write e.g. 0.99") from None
+    if not 0 < value <= 1:
+        raise UsageError(f"--min-cosine {text!r} must be in (0, 1] — e.g. 0.99 for every text's cosine vs fp32")
     return value
 
 
@@ -58,6 +76,77 @@ class Scorer:
             a, b = o.reshape(len(o), -1).astype(np.float64), r.reshape(len(r), -1).astype(np.float64)
             cos.append((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30))
         return float(np.concatenate(cos).mean())
+
+
+@dataclass(frozen=True)
+class TailScorer:
+    """The lowest per-text cosine against the fp32 graph, each text run alone and inside mixed-length batches (its
+    vector as the artifact is used: fidelity.text_vectors). What --min-cosine is judged on."""
+
+    alone: list[dict[str, np.ndarray]]
+    batches: list[dict[str, np.ndarray]]  # the texts in their given order, BATCH at a time, padded
+    reference: list[np.ndarray]  # per text, from the fp32 graph run on the text alone
+    texts: list[str]
+    task: str
+    outputs: list[dict[str, Any]]
+    metric: str = "min_cosine"
+    fp32: float = 1.0
+
+    BATCH = 16
+
+    def measure(self, runner) -> dict[str, Any]:
+        """tail(...) of the per-text minimum over both arrangements, plus the lowest alone-vs-batched cosine."""
+        per_text, invariance = self._cosines(runner)
+        return {**tail(per_text, self.texts), "batch_cosine_min": float(invariance.min())}
+
+    def per_text(self, runner) -> np.ndarray:
+        """Each text's lowest cosine against the reference, alone or batched."""
+        return self._cosines(runner)[0]
+
+    def __call__(self, runner) -> float:
+        return float(self.per_text(runner).min())
+
+    def _cosines(self, runner) -> tuple[np.ndarray, np.ndarray]:
+        single = self._vectors(runner, self.alone)
+        batched = self._vectors(runner, self.batches)
+        return np.minimum(cosines(single, self.reference), cosines(batched, self.reference)), cosines(single, batched)
+
+    def _vectors(self, runner, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        return [v for f in feeds for v in text_vectors(self.task, self.outputs, runner.run(f), f["attention_mask"])]
+
+
+def make_tail_scorer(plain_onnx: Path, source, texts: list[str], pairs: list[str] | None) -> TailScorer:
+    """Texts tokenized by the source tokenizer, alone and in batches; the reference from the fp32 graph on ONNX Runtime
+    (equal to PyTorch within 1e-6) with each text alone."""
+    def encode(idx: list[int]) -> dict[str, np.ndarray]:
+        enc = source.tokenizer([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None, padding="longest",
+                               truncation=True, max_length=source.max_length, return_token_type_ids=True,
+                               return_tensors="np")
+        return {n: np.asarray(enc[n], dtype=np.int64) for n in source.family.inputs}
+
+    alone = [encode([i]) for i in range(len(texts))]
+    batches = [encode(list(range(s, min(s + TailScorer.BATCH, len(texts))))) for s in range(0, len(texts), TailScorer.BATCH)]
+    outputs = [o.as_dict() for o in source.task.outputs]
+    ref_runner = backends.runner_class("onnxruntime")(plain_onnx, None, None)
+    reference = [v for f in alone for v in text_vectors(source.task.name, outputs, ref_runner.run(f), f["attention_mask"])]
+    return TailScorer(alone, batches, reference, list(texts), source.task.name, outputs)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A score the quantized model must reach: `target`, or (1 - max_drop) of the fp32 score when max_drop is set."""
+
+    scorer: Any  # Scorer or TailScorer: called with a runner, returns a float; has .metric and .fp32
+    target: float
+    max_drop: float | None = None
+
+    @classmethod
+    def drop(cls, scorer, max_drop: float) -> "Objective":
+        return cls(scorer, (1 - max_drop) * scorer.fp32, max_drop)
+
+    def describe(self) -> str:
+        limit = f"{self.max_drop:.2%} drop" if self.max_drop is not None else "--min-cosine"
+        return f"{self.scorer.metric} ≥ {self.target:.4f} ({limit})"
 
 
 def _first(outs: dict[str, np.ndarray]) -> np.ndarray:
@@ -114,64 +203,138 @@ def groups(plain_onnx: Path, backend: str) -> dict[str, list[str]]:
     return found
 
 
+SEARCHING = ("int8-dynamic", "int8-static", "int8-mixed")
+
+
 def search(
-    backend: str, ctx: quantize.BuildContext, scorer: Scorer, max_drop: float,
+    backend: str, ctx: quantize.BuildContext, objectives: list[Objective],
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Build the backend under the recipe with as few float groups as the limit allows.
+    """Build the backend under the recipe with as few float groups as every objective allows.
 
     Returns (the backend's manifest entry, the fallback record). Raises FidelityError when even every group in
-    float misses the limit.
+    float misses an objective.
     """
     if backend == "onnxruntime" and ctx.ort_graph != "plain":
         raise UsageError("--max-accuracy-drop works on the plain graph — drop --ort-graph fused")
-    if ctx.recipe.name not in ("int8-dynamic", "int8-static"):
-        raise UsageError(f"--max-accuracy-drop applies to int8-dynamic and int8-static, not {ctx.recipe.name!r}")
+    if ctx.recipe.name not in SEARCHING:
+        raise UsageError(f"--max-accuracy-drop applies to {', '.join(SEARCHING)}, not {ctx.recipe.name!r}")
     runner_cls = backends.runner_class(backend)
-    fp32_score = scorer.fp32
-    target = (1 - max_drop) * fp32_score
     scratch = ctx.staging / "_work" / "fallback"
+    ctx = replace(ctx, work=ctx.work or ctx.staging / "_work")
     evaluations = 0
 
-    def trial(excluded: list[str]) -> tuple[float, dict[str, Any]]:
+    def trial(c: quantize.BuildContext, excluded: list[str], details: dict | None = None) -> list[float]:
+        """Each objective's score with `excluded` kept in float; `details` gets the per-text cosines of a tail."""
         nonlocal evaluations
         evaluations += 1
         shutil.rmtree(scratch, ignore_errors=True)
-        entry = quantize.build(backend, replace(ctx, staging=scratch, exclude=tuple(excluded)))
-        score = scorer(runner_cls(scratch / entry["model"], None, entry.get("options")))
-        return score, entry
+        entry = quantize.build(backend, replace(c, staging=scratch, exclude=tuple(excluded)))
+        runner = runner_cls(scratch / entry["model"], None, entry.get("options"))
+        scores = []
+        for i, o in enumerate(objectives):
+            if hasattr(o.scorer, "per_text"):
+                values = o.scorer.per_text(runner)
+                scores.append(float(values.min()))
+                if details is not None:
+                    details[i] = values
+            else:
+                scores.append(o.scorer(runner))
+        return scores
 
-    table = groups(ctx.plain_onnx, backend)
-    full, _ = trial([])
-    log(f"[bertship] fallback {scorer.metric}: fp32 {fp32_score:.4f}, all quantized {full:.4f}, "
-        f"limit {target:.4f} ({max_drop:.2%} drop)")
-    record: dict[str, Any] = {"metric": scorer.metric, "max_drop": max_drop, "fp32": fp32_score, "target": target,
-                              "all_quantized": full, "kept_float": [], "sensitivity": {}}
+    def margin(scores: list[float]) -> float:
+        return min(s - o.target for s, o in zip(scores, objectives))
+
+    def named(scores: list[float]) -> dict[str, float]:
+        return {o.scorer.metric: s for o, s in zip(objectives, scores)}
+
+    record: dict[str, Any] = {"objectives": [{"metric": o.scorer.metric, "fp32": o.scorer.fp32, "target": o.target,
+                                              "max_drop": o.max_drop} for o in objectives]}
+    candidates = quantize.routes(backend, ctx.recipe, ctx.fixed_params)
+    tried = []
+    for recipe in candidates:
+        per_text: dict[int, np.ndarray] = {}
+        scores = trial(replace(ctx, recipe=recipe), [], per_text)
+        tried.append((margin(scores), scores, recipe, per_text))
+    _, full, recipe, full_texts = max(tried, key=lambda t: t[0])
+    ctx = replace(ctx, recipe=recipe)
+    if len(candidates) > 1:
+        record["routes"] = [{"params": _route(backend, r), "all_quantized": named(sc)} for _, sc, r, _ in tried]
+        record["route"] = _route(backend, recipe)
+        log(f"[bertship] fallback routes: " + "; ".join(f"{_route(backend, r)} → {', '.join(f'{k} {v:.4f}' for k, v in named(sc).items())}"
+                                                       for _, sc, r, _ in tried) + f"; kept {_route(backend, recipe)}")
+    # int8-mixed: a group is an activation quantizer of the route's all-int8 model, kept float by editing that model
+    table = ({name: [name] for name in quantize.mixed_groups(backend, ctx)} if ctx.recipe.name == "int8-mixed"
+             else groups(ctx.plain_onnx, backend))
+    primary = objectives[0]
+    log(f"[bertship] fallback {primary.scorer.metric}: fp32 {primary.scorer.fp32:.4f}, all quantized "
+        f"{', '.join(f'{k} {v:.4f}' for k, v in named(full).items())}; objective "
+        f"{' and '.join(o.describe() for o in objectives)}; {len(table)} groups")
+    record.update(metric=primary.scorer.metric, max_drop=primary.max_drop, fp32=primary.scorer.fp32,
+                  target=primary.target, all_quantized=full[0], all_quantized_scores=named(full), kept_float=[],
+                  sensitivity={})
     kept: list[str] = []
-    score = full
-    if full < target:
-        for name, items in table.items():
-            s, _ = trial(items)
-            record["sensitivity"][name] = s - full
+    scores = full
+    if margin(full) < 0:
+        rank = _ranking(objectives, full, full_texts)
+        for name in table:
+            per_text = {}
+            scores_alone = trial(ctx, table[name], per_text)
+            record["sensitivity"][name] = rank(scores_alone, per_text) - rank(full, full_texts)
         ranked = sorted(table, key=lambda n: record["sensitivity"][n], reverse=True)
         log("[bertship] fallback most sensitive: " + ", ".join(f"{n} (+{record['sensitivity'][n]:.4f})"
                                                              for n in ranked[:4]))
-        for name in ranked:
-            kept.append(name)
-            score, _ = trial([i for n in kept for i in table[n]])
-            record["kept_float"].append({"group": name, "gain_alone": record["sensitivity"][name], "score_after": score})
-            if score >= target:
-                break
-        if score < target:
+        # The fewest most-sensitive groups in float that meet every objective, found by bisection on their count
+        # (the score grows with it): about log2(groups) builds instead of one per group.
+        tried: dict[int, list[float]] = {}
+
+        def holds(k: int) -> bool:
+            tried[k] = trial(ctx, [i for n in ranked[:k] for i in table[n]])
+            log(f"[bertship] fallback {k} group(s) in float: " + ", ".join(f"{m} {v:.4f}" for m, v in named(tried[k]).items()))
+            return margin(tried[k]) >= 0
+
+        if not holds(len(ranked)):
             raise FidelityError(
-                [f"{backend}: {scorer.metric} {score:.4f} with every MatMul group in float < limit {target:.4f}"],
-                "nothing was written; the limit cannot be met by this recipe — raise --max-accuracy-drop or use "
-                "another recipe (int8-weight-only keeps the most accuracy)")
+                [f"{backend}: {o.scorer.metric} {s:.4f} with every group in float < limit {o.target:.4f}"
+                 for o, s in zip(objectives, tried[len(ranked)]) if s < o.target],
+                "nothing was written; the limit cannot be met by this recipe — relax the target or use another "
+                "recipe (bf16 or int8-weight-only keep the most accuracy)")
+        low, high = 0, len(ranked)
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (low, mid) if holds(mid) else (mid, high)
+        kept, scores = ranked[:high], tried[high]
+        record["kept_float"] = [{"group": n, "gain_alone": record["sensitivity"][n]} for n in kept]
+        record["bisection"] = [{"float_groups": k, "scores": named(v)} for k, v in sorted(tried.items())]
     # the winning configuration is rebuilt into the real staging directory
     entry = quantize.build(backend, replace(ctx, exclude=tuple(i for n in kept for i in table[n])))
     shutil.rmtree(scratch, ignore_errors=True)
-    record.update(final=score, evaluations=evaluations + 1)
+    record.update(final=scores[0], final_scores=named(scores), evaluations=evaluations + 1, groups=len(table))
     entry["build"]["kept_float"] = kept
-    log(f"[bertship] fallback kept {len(kept)} group(s) in float: {', '.join(kept) or 'none'}; {scorer.metric} "
-        f"{score:.4f}")
+    if len(candidates) > 1:
+        entry["build"]["route"] = _route(backend, recipe)
+    log(f"[bertship] fallback kept {len(kept)} of {len(table)} group(s) in float: {', '.join(kept) or 'none'}; "
+        f"{', '.join(f'{k} {v:.4f}' for k, v in named(scores).items())}")
     return entry, record
+
+
+TAIL_SHARE = 0.05  # a tail objective's groups are ranked on the mean error of this share of its worst texts
+
+
+def _ranking(objectives: list[Objective], full: list[float], full_texts: dict[int, np.ndarray]):
+    """How much a trial is worth, for ranking groups: the summed scores, where a tail objective counts the mean
+    1 - cosine of the texts worst under full quantization instead of its minimum. The minimum alone ranks badly: the
+    worst text is damaged by several groups at once, so freeing any one of them barely moves it, while errors from
+    different groups add up in 1 - cosine over the tail."""
+    worst = {i: np.argsort(v)[: max(5, int(TAIL_SHARE * len(v)))] for i, v in full_texts.items()}
+
+    def value(scores: list[float], per_text: dict[int, np.ndarray]) -> float:
+        return sum(-float((1 - per_text[i][worst[i]]).mean()) if i in worst else s for i, s in enumerate(scores))
+
+    return value
+
+
+def _route(backend: str, recipe) -> dict[str, Any]:
+    """The route parameters of a recipe on this backend (those quantize.ROUTES varies)."""
+    keys = {k for r in quantize.ROUTES[backend] for k in r}
+    return {k: v for k, v in recipe.params.items() if k in keys}

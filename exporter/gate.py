@@ -24,10 +24,17 @@ def run_gate(
     report: dict[str, Any] = {}
     for name, entry in manifest["backends"].items():
         runner = backends.runner_class(name)(staging / entry["model"], threads, entry.get("options"))
-        report[name], failed = backend_checks(runner, manifest, feeds, refs)
+        report[name], failed = backend_checks(runner, manifest, feeds, refs, texts)
         failures += failed
     if failures:
-        if manifest["recipe"]["name"] == "fp32":
+        if any("depend on batch-mates" in f for f in failures):
+            fix = ("nothing was written; this recipe's outputs change with batch-mates and padding (int8-dynamic "
+                   "computes one activation scale per padded batch) — use int8-static, int8-mixed or a float recipe, "
+                   "or pass --allow-batch-dependence to accept it (recorded in the manifest)")
+        elif any("--min-cosine" in f for f in failures):
+            fix = ("nothing was written; use --recipe int8-mixed (keeps the sensitive groups in float until the "
+                   "target holds), bf16 or int8-weight-only, or lower --min-cosine")
+        elif manifest["recipe"]["name"] == "fp32":
             fix = "nothing was written; an fp32 export should match PyTorch: report the model family and these numbers"
         else:
             fix = (f"nothing was written; recipe {manifest['recipe']['name']!r} damages this model: try int8-dynamic "

@@ -12,15 +12,32 @@ from .to_onnx import graph_module
 BATCH = 8  # several lengths per batch, so every batch exercises the attention mask on padding
 
 
-def sentences() -> list[str]:
-    """The few dozen varied English sentences of mixed lengths that every export is checked on."""
-    text = resources.files("bertship.exporter").joinpath("data/sentences.txt").read_text(encoding="utf-8")
+def _lines(name: str) -> list[str]:
+    text = resources.files("bertship.exporter").joinpath(f"data/{name}").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def sentences() -> list[str]:
+    """The few dozen varied English sentences of mixed lengths that every export is checked on."""
+    return _lines("sentences.txt")
+
+
+def short_texts() -> list[str]:
+    """Texts of one to four words, questions, heavy punctuation and emoji: what search queries look like, and where
+    int8 hurts most (their pooled vectors are dominated by the special tokens, which carry the outlier channels)."""
+    return _lines("short.txt")
+
+
 def golden_texts(source: Source) -> tuple[list[str], list[str] | None]:
-    """Texts, and second texts for pair tasks (each sentence paired with the next one)."""
-    texts = sentences()
+    """The sentences with a short text after every second one (so every golden batch mixes lengths), and second texts
+    for pair tasks (each text paired with the next one)."""
+    long, short = sentences(), short_texts()
+    texts = []
+    for i, sentence in enumerate(long):
+        texts.append(sentence)
+        if i % 2 == 1 and i // 2 < len(short):
+            texts.append(short[i // 2])
+    texts += short[len(long) // 2 :]
     if not source.task.text_pairs:
         return texts, None
     return texts, texts[1:] + texts[:1]

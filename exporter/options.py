@@ -22,6 +22,8 @@ class ExportOptions:
     calibration_method: str | None = None  # int8-static on ONNX Runtime: minmax, entropy, percentile
     max_accuracy_drop: str | float | None = None  # e.g. "1%": keep sensitive layers in float until it holds
     eval_data: str | Path | None = None  # labelled data the limit is judged on (default: cosine on calibration text)
+    min_cosine: str | float | None = None  # embeddings: lowest per-text cosine vs fp32, alone and batched, e.g. 0.99
+    allow_batch_dependence: bool = False  # accept an embedding artifact whose outputs depend on batch-mates
     compact: bool = False  # remove dead heads and FFN neurons (structured zeros) before the graph is exported
     profile: str | Path | None = None  # a device profile: its candidate recipes, backends and model format decide
     ort_graph: str = "plain"  # which fp32 graph ONNX Runtime recipes start from: as exported, or ORT-fused offline

@@ -20,7 +20,7 @@ from bertship.runtimes.errors import UsageError
 from . import auto, calibration, fallback, golden, graph, load as load_stage, package, qat, quantize
 from .gate import run_gate
 from .options import ExportOptions
-from .recipes import check_recipe, get_recipe, with_params
+from .recipes import EMBEDDING_TASKS, MIN_BATCH_COSINE, MIXED_MIN_COSINE, check_recipe, get_recipe, with_params
 from .to_onnx import OPSET, to_onnx
 
 
@@ -72,9 +72,15 @@ def export(
     if opts.calibration is not None and not recipe.needs_calibration:
         raise UsageError(f"--calibration applies to recipes that calibrate (int8-static), not {recipe.name!r} — drop it")
     max_drop = fallback.parse_drop(opts.max_accuracy_drop) if opts.max_accuracy_drop is not None else None
-    if opts.eval_data is not None and max_drop is None:
-        raise UsageError("--eval-data is what --max-accuracy-drop is judged on — pass both, or use `bertship eval`")
-    needs_text = recipe.needs_calibration or (max_drop is not None and opts.eval_data is None)
+    min_cos = fallback.parse_min_cosine(opts.min_cosine) if opts.min_cosine is not None else None
+    if opts.eval_data is not None and max_drop is None and min_cos is None:
+        raise UsageError("--eval-data is what --max-accuracy-drop (or --min-cosine) is judged on — pass both, or use "
+                         "`bertship eval`")
+    if max_drop is not None and recipe.name not in fallback.SEARCHING:
+        raise UsageError(f"--max-accuracy-drop applies to {', '.join(fallback.SEARCHING)}, not {recipe.name!r}")
+    if min_cos is not None and opts.task is not None and opts.task not in EMBEDDING_TASKS:
+        raise UsageError(_MIN_COSINE_TASK.format(task=opts.task))
+    needs_text = recipe.needs_calibration or ((max_drop is not None or min_cos is not None) and opts.eval_data is None)
     calib_texts = calibration.read_texts(opts.calibration) if needs_text else None
     package.check_out(out, opts.force)
     stages = _Stages(log)
@@ -86,6 +92,15 @@ def export(
         feeds = golden.golden_feeds(source, texts, pairs)
         # references come from the model as given, so the gate also proves that compaction changed nothing
         refs = golden.reference_outputs(source, feeds)
+    embedding = source.task.name in EMBEDDING_TASKS
+    if min_cos is not None and not embedding:
+        raise UsageError(_MIN_COSINE_TASK.format(task=source.task.name))
+    if recipe.name == "int8-mixed" and max_drop is None and min_cos is None:
+        # the mixed recipe always searches: on the tail for embeddings, on predictions for the other tasks
+        if embedding:
+            min_cos = MIXED_MIN_COSINE
+        else:
+            max_drop = fallback.parse_drop(auto.DEFAULT_DROP)
     compaction = None
     if opts.compact:
         from .compact import compact
@@ -116,24 +131,38 @@ def export(
         if calib_texts is not None and recipe.needs_calibration:
             calib = calibration.calibration_feeds(source.tokenizer, source.family.inputs, source.max_length,
                                                   calib_texts[0], calib_texts[1])
+        fixed = tuple(k for k, v in (("calibration_method", opts.calibration_method),) if v is not None)
         ctx = quantize.BuildContext(staging, plain, work / "fused.onnx" if fusion else None, opts.ort_graph, recipe,
-                                    calib, cpu["flags"], platform.machine(), source.tokenizer.pad_token_id)
+                                    calib, cpu["flags"], platform.machine(), source.tokenizer.pad_token_id,
+                                    work=work, fixed_params=fixed)
         built: dict[str, Any] = {}
         fallbacks: dict[str, Any] = {}
-        scorer = _scorer(source, plain, opts, calib_texts) if max_drop is not None else None
+        objectives = []
+        if max_drop is not None:
+            objectives.append(fallback.Objective.drop(_scorer(source, plain, opts, calib_texts), max_drop))
+        tail_scorer = None
+        if min_cos is not None:
+            tail_scorer = _tail_scorer(source, plain, opts, calib_texts, texts)
+            objectives.append(fallback.Objective(tail_scorer, min_cos))
+        searching = recipe.name == "int8-mixed" or (max_drop is not None and recipe.name in fallback.SEARCHING)
         for name in names:
             with stages.stage("build", f"{name}: {recipe.how[name]}"):
-                if scorer is None:
-                    built[name] = quantize.build(name, ctx)
+                if searching:
+                    built[name], fallbacks[name] = fallback.search(name, ctx, objectives, log)
                 else:
-                    built[name], fallbacks[name] = fallback.search(name, ctx, scorer, max_drop, log)
+                    built[name] = quantize.build(name, ctx)
+        target = _check_target(staging, built, tail_scorer, min_cos, recipe.name, log) if tail_scorer else None
         shutil.rmtree(work)
         source.tokenizer.backend_tokenizer.save(str(staging / artifact.TOKENIZER))
         spec = {"file": artifact.TOKENIZER, "max_length": source.max_length, "pad_id": source.tokenizer.pad_token_id,
                 "pad_token": source.tokenizer.pad_token, "input_names": list(source.family.inputs),
                 "text_pairs": source.task.text_pairs}
-        tolerance = recipe.tolerance or source.family.tolerance
+        tolerance = replace(recipe.tolerance or source.family.tolerance, min_text_cosine=min_cos,
+                            min_batch_cosine=MIN_BATCH_COSINE if embedding and not opts.allow_batch_dependence else None)
         manifest = package.base_manifest(source, built, spec, asdict(tolerance))
+        manifest["fidelity"]["allow_batch_dependence"] = opts.allow_batch_dependence
+        if target is not None:
+            manifest["fidelity"]["target"] = target
         manifest["recipe"] = {**recipe.as_dict(), "calibration": calib_texts[2] if calib_texts else None}
         manifest["export_options"] = opts.as_dict()
         if fallbacks:
@@ -144,8 +173,13 @@ def export(
             manifest["compaction"] = compaction.as_dict()
         if fusion is not None:
             manifest["graph"] = {"fusions": fusion.as_dict(), "allow_missing_fusions": opts.allow_missing_fusions}
-        with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden sentences"):
+        with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden texts, batched, "
+                                    "alone and with other batch-mates"):
             manifest["fidelity"]["backends"] = run_gate(staging, manifest, feeds, refs, texts, pairs, opts.threads)
+        for name, rep in manifest["fidelity"]["backends"].items():
+            log(f"[bertship]          {name}: per-text cosine min {rep['tail']['cosine_min']:.5f} "
+                f"(p1 {rep['tail']['cosine_p1']:.5f}, worst {rep['tail']['worst'][0]['text']!r}); alone vs batched "
+                f"min {rep['batch_invariance']['cosine_min']:.6f}")
         with stages.stage("package", "golden outputs, manifest, report"):
             manifest["golden"] = package.write_golden(staging, texts, pairs, feeds, refs)
             manifest["timings_s"] = stages.timings
@@ -201,6 +235,43 @@ def _scorer(source, plain: Path, opts: ExportOptions, calib_texts) -> fallback.S
     id2label = {str(k): v for k, v in (getattr(source.model.config, "id2label", None) or {}).items()}
     data = read_eval_data(opts.eval_data, source.task.name, id2label)
     return fallback.make_scorer(plain, source, data.texts, data.pairs, data.labels)
+
+
+_MIN_COSINE_TASK = ("--min-cosine judges embedding vectors (feature-extraction, sentence-embedding), not {task} — use "
+                    "--max-accuracy-drop for a classifier or tagger")
+
+
+def _tail_scorer(source, plain: Path, opts: ExportOptions, calib_texts, golden_texts: list[str]) -> fallback.TailScorer:
+    """What --min-cosine is judged on: the eval or calibration texts plus the golden texts."""
+    if opts.eval_data is not None:
+        from bertship.runtimes.evaluate import read_eval_data
+
+        texts = read_eval_data(opts.eval_data, source.task.name, {}).texts
+    else:
+        texts = calib_texts[0]
+    return fallback.make_tail_scorer(plain, source, list(dict.fromkeys([*texts, *golden_texts])), None)
+
+
+def _check_target(staging: Path, built: dict[str, Any], scorer: fallback.TailScorer, min_cos: float, recipe: str,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """Measure --min-cosine on every built backend; FidelityError (nothing written) when one misses it."""
+    from bertship.runtimes.errors import FidelityError
+
+    measured, failures = {}, []
+    for name, entry in built.items():
+        m = scorer.measure(backend_table.runner_class(name)(staging / entry["model"], None, entry.get("options")))
+        measured[name] = m
+        log(f"[bertship] target   {name}: lowest per-text cosine {m['cosine_min']:.5f} (p1 {m['cosine_p1']:.5f}) on "
+            f"{m['texts']} texts alone and batched; --min-cosine {min_cos}")
+        if m["cosine_min"] < min_cos:
+            failures.append(f"{name}: lowest per-text cosine {m['cosine_min']:.5f} < --min-cosine {min_cos} (p1 "
+                            f"{m['cosine_p1']:.5f}, worst {m['worst'][0]['text']!r})")
+    if failures:
+        fix = ("nothing was written; use --recipe int8-mixed (keeps the sensitive groups in float until the target "
+               "holds), bf16 or int8-weight-only" if recipe != "int8-mixed" else "nothing was written")
+        raise FidelityError(failures, fix)
+    return {"min_cosine": min_cos, "texts": len(scorer.texts), "judged_on": "each text alone and in "
+            f"mixed-length batches of {scorer.BATCH}, against the fp32 graph", "backends": measured}
 
 
 def _load(model: Any, tokenizer: Any, opts: ExportOptions) -> load_stage.Source:

@@ -17,14 +17,23 @@ import numpy as np
 
 from bertship.runtimes.backends import BACKENDS
 
-from .recipes import Recipe
+from . import qdq
+from .recipes import Recipe, with_params
 
 ORT_MODEL = BACKENDS["onnxruntime"].model_file
 OV_MODEL = BACKENDS["openvino"].model_file
 VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
 # What ONNX Runtime computes in under each recipe (it reports nothing itself): recorded as the runner's precision.
 ORT_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8", "int8-qat": "int8",
-                 "int8-weight-only": "int8-weights", "int4-weight-only": "int4-weights"}
+                 "int8-weight-only": "int8-weights", "int4-weight-only": "int4-weights", "int8-mixed": "int8+fp32"}
+BF16 = ("avx512_bf16", "amx_bf16")
+# int8-mixed: the quantization routes measured before the group search (the one whose all-int8 model scores best is
+# kept). SmoothQuant strength on OpenVINO (nncf's default for transformers is 0.95; -1 turns it off); on ONNX Runtime,
+# which has no SmoothQuant without neural-compressor, the calibration method (percentile clips rare extremes).
+ROUTES: dict[str, list[dict[str, Any]]] = {
+    "openvino": [{"smooth_quant_alpha": a} for a in (0.95, 0.8, -1.0)],
+    "onnxruntime": [{"calibration_method": m} for m in ("minmax", "percentile")],
+}
 
 
 @dataclass
@@ -40,7 +49,10 @@ class BuildContext:
     cpu_flags: list[str]
     arch: str
     pad_id: int = 0
-    exclude: tuple[str, ...] = ()  # MatMul node names (ORT) or name regexes (OpenVINO) kept in float
+    # kept in float: MatMul node names (ORT) or name regexes (OpenVINO); for int8-mixed, group labels (mixed_groups)
+    exclude: tuple[str, ...] = ()
+    work: Path | None = None  # where int8-mixed keeps its all-int8 models between trials (default: staging/_work)
+    fixed_params: tuple[str, ...] = ()  # recipe parameters the user set: int8-mixed does not vary them
 
 
 def _ort_source(ctx: BuildContext) -> Path:
@@ -117,6 +129,11 @@ class _FeedReader:
 
 
 def ort_int8_static(ctx: BuildContext) -> dict[str, Any]:
+    return _ort_entry(ctx, **_ort_static(ctx, _ort_target(ctx), ctx.exclude))
+
+
+def _ort_static(ctx: BuildContext, target: Path, exclude: tuple[str, ...]) -> dict[str, Any]:
+    """quantize_static QDQ of the recipe's op types into `target`; returns what was done."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -128,23 +145,29 @@ def ort_int8_static(ctx: BuildContext) -> dict[str, Any]:
     quant_pre_process(str(_ort_source(ctx)), str(pre), skip_symbolic_shape=True)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    _check_names(pre, ctx.exclude)
+    _check_names(pre, exclude)
     feeds = ctx.calibration
     if params["calibration_method"] != "minmax":
         # ORT's histogram calibrators stack every sample's outputs into one array, so they need one shape: pad
         # (mask 0) to the longest calibration text. MinMax reduces each sample on its own and keeps real lengths.
         feeds = _pad_to_longest(feeds, ctx.pad_id)
     quantize_static(
-        str(pre), str(_ort_target(ctx)), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
+        str(pre), str(target), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
         per_channel=params["per_channel"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         op_types_to_quantize=list(params["op_types"]), calibrate_method=methods[params["calibration_method"]],
-        nodes_to_exclude=list(ctx.exclude),
+        nodes_to_exclude=list(exclude),
         extra_options={"CalibTensorRangeSymmetric": False},
     )
-    return _ort_entry(ctx, format="QDQ", activation_type="U8", weight_type="S8", per_channel=params["per_channel"],
-                      op_types=list(params["op_types"]), calibration_method=params["calibration_method"],
-                      calibration_samples=len(ctx.calibration),
-                      calibration_lengths="padded to the longest" if feeds is not ctx.calibration else "real")
+    return _ort_static_record(ctx)
+
+
+def _ort_static_record(ctx: BuildContext) -> dict[str, Any]:
+    params = ctx.recipe.params
+    padded = params["calibration_method"] != "minmax"
+    return dict(format="QDQ", activation_type="U8", weight_type="S8", per_channel=params["per_channel"],
+                op_types=list(params["op_types"]), calibration_method=params["calibration_method"],
+                calibration_samples=len(ctx.calibration),
+                calibration_lengths="padded to the longest" if padded else "real")
 
 
 def _check_names(onnx_path: Path, names: tuple[str, ...]) -> None:
@@ -184,7 +207,12 @@ def _ov_model(ctx: BuildContext):
     import openvino as ov
 
     # OpenVINO cannot read ONNX Runtime's contrib ops: it always starts from the plain export, and fuses by itself.
-    return ov.convert_model(str(ctx.plain_onnx))
+    # Converted once per export: searches build many trials from it.
+    ir = _work(ctx) / "plain-ov" / "model.xml"
+    if not ir.exists():
+        ir.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(ov.convert_model(str(ctx.plain_onnx)), str(ir), compress_to_fp16=False)
+    return ov.Core().read_model(str(ir))
 
 
 def _ov_save(ctx: BuildContext, model, precision: str, compress_to_fp16: bool = False, **build: Any) -> dict[str, Any]:
@@ -222,12 +250,112 @@ def _nncf():
 
 
 def ov_int8_static(ctx: BuildContext) -> dict[str, Any]:
-    nncf = _nncf()
-    scope = nncf.IgnoredScope(patterns=list(ctx.exclude), validate=True) if ctx.exclude else None
-    model = nncf.quantize(_ov_model(ctx), nncf.Dataset(ctx.calibration), model_type=nncf.ModelType.TRANSFORMER,
-                          subset_size=len(ctx.calibration), ignored_scope=scope)
-    return _ov_save(ctx, model, "f32", tool="nncf.quantize", model_type="TRANSFORMER",
+    return _ov_save(ctx, _ov_static(ctx, ctx.exclude), "f32", tool="nncf.quantize", model_type="TRANSFORMER",
                     calibration_samples=len(ctx.calibration))
+
+
+def _ov_static(ctx: BuildContext, exclude: tuple[str, ...], smooth_quant_alpha: float | None = None):
+    """nncf.quantize (TRANSFORMER preset: SmoothQuant, fast bias correction) of the plain export; `exclude`: name
+    regexes of ops NNCF must leave in float."""
+    nncf = _nncf()
+    scope = nncf.IgnoredScope(patterns=list(exclude), validate=True) if exclude else None
+    extra = {}
+    if smooth_quant_alpha is not None:
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+        extra["advanced_parameters"] = AdvancedQuantizationParameters(
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha))
+    return nncf.quantize(_ov_model(ctx), nncf.Dataset(ctx.calibration), model_type=nncf.ModelType.TRANSFORMER,
+                         subset_size=len(ctx.calibration), ignored_scope=scope, **extra)
+
+
+def _mixed_full(ctx: BuildContext, backend: str) -> Path:
+    """The all-int8 model of int8-mixed under the recipe's route, built once per export and kept in the work folder
+    beside the float model it was quantized from: every trial of the group search edits this one model."""
+    params = ctx.recipe.params
+    route = params["calibration_method"] if backend == "onnxruntime" else f"sq{params['smooth_quant_alpha']:g}"
+    path = _work(ctx) / "mixed" / f"{backend}-{route}.{'onnx' if backend == 'onnxruntime' else 'xml'}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if backend == "onnxruntime":
+            _ort_static(ctx, path, ())
+            shutil.copyfile(ctx.staging / "_work" / "preprocessed.onnx", _mixed_float(ctx, backend))
+        else:
+            import openvino as ov
+
+            ov.save_model(_ov_static(ctx, (), params["smooth_quant_alpha"]), str(path), compress_to_fp16=False)
+    return path
+
+
+def _mixed_float(ctx: BuildContext, backend: str) -> Path:
+    """The float model int8-mixed quantized: ORT's pre-processed graph, or OpenVINO's conversion of the export."""
+    if backend == "onnxruntime":
+        return _work(ctx) / "mixed" / "onnxruntime-float.onnx"
+    _ov_model(ctx)
+    return _work(ctx) / "plain-ov" / "model.xml"
+
+
+def _work(ctx: BuildContext) -> Path:
+    return ctx.work or ctx.staging / "_work"
+
+
+def mixed_groups(backend: str, ctx: BuildContext) -> qdq.Groups:
+    """int8-mixed's search groups: the activation quantizers of its all-int8 model by layer and reading module, each
+    with the ops that read them."""
+    path = _mixed_full(ctx, backend)
+    if backend == "onnxruntime":
+        import onnx
+
+        return qdq.onnx_groups(onnx.load(str(path)), tuple(ctx.recipe.params["op_types"]))
+    import openvino as ov
+
+    return qdq.ov_groups(ov.Core().read_model(str(path)))
+
+
+def _mixed_model(backend: str, ctx: BuildContext):
+    """The all-int8 model with the groups named in ctx.exclude kept in float (qdq.onnx_float_ops / ov_float_ops)."""
+    table = mixed_groups(backend, ctx)
+    unknown = [g for g in ctx.exclude if g not in table]
+    if unknown:
+        raise RuntimeError(f"groups to keep in float are not in the quantized model: {unknown[:3]}")
+    quantizers = [q for g in ctx.exclude for q in table[g][0]]
+    ops = [o for g in ctx.exclude for o in table[g][1]]
+    if backend == "onnxruntime":
+        import onnx
+
+        return qdq.onnx_float_ops(onnx.load(str(_mixed_full(ctx, backend))),
+                                  onnx.load(str(_mixed_float(ctx, backend))), quantizers, ops)
+    import openvino as ov
+
+    core = ov.Core()
+    return qdq.ov_float_ops(core.read_model(str(_mixed_full(ctx, backend))),
+                            core.read_model(str(_mixed_float(ctx, backend))), quantizers, ops)
+
+
+def routes(backend: str, recipe: Recipe, fixed: tuple[str, ...] = ()) -> list[Recipe]:
+    """The recipe under each quantization route worth measuring: one, the recipe itself, unless it is int8-mixed and
+    the user did not set the route's parameter (`fixed`: parameters given on the command line)."""
+    if recipe.name != "int8-mixed" or any(k in fixed for r in ROUTES[backend] for k in r):
+        return [recipe]
+    return [with_params(recipe, **route) for route in ROUTES[backend]]
+
+
+def ort_int8_mixed(ctx: BuildContext) -> dict[str, Any]:
+    import onnx
+
+    onnx.save(_mixed_model("onnxruntime", ctx), str(_ort_target(ctx)))
+    return _ort_entry(ctx, **_ort_static_record(ctx), float_groups=len(ctx.exclude))
+
+
+def _ov_mixed_precision(ctx: BuildContext) -> str:
+    # what stays float runs in bf16 where the CPU has it (AMX/AVX512_BF16), else in f32
+    return "bf16" if set(BF16) & set(ctx.cpu_flags) else "f32"
+
+
+def ov_int8_mixed(ctx: BuildContext) -> dict[str, Any]:
+    return _ov_save(ctx, _mixed_model("openvino", ctx), _ov_mixed_precision(ctx), tool="nncf.quantize",
+                    model_type="TRANSFORMER", smooth_quant_alpha=ctx.recipe.params["smooth_quant_alpha"],
+                    calibration_samples=len(ctx.calibration), float_groups=len(ctx.exclude))
 
 
 def ov_weight_only(ctx: BuildContext) -> dict[str, Any]:
@@ -248,6 +376,7 @@ HANDLERS: dict[tuple[str, str], Callable[[BuildContext], dict[str, Any]]] = {
     ("onnxruntime", "int8-qat"): ort_qat,
     ("onnxruntime", "int8-weight-only"): ort_weight_only,
     ("onnxruntime", "int4-weight-only"): ort_weight_only,
+    ("onnxruntime", "int8-mixed"): ort_int8_mixed,
     ("openvino", "fp32"): ov_fp32,
     ("openvino", "bf16"): ov_bf16,
     ("openvino", "fp16"): ov_fp16,
@@ -255,6 +384,7 @@ HANDLERS: dict[tuple[str, str], Callable[[BuildContext], dict[str, Any]]] = {
     ("openvino", "int8-qat"): ov_qat,
     ("openvino", "int8-weight-only"): ov_weight_only,
     ("openvino", "int4-weight-only"): ov_weight_only,
+    ("openvino", "int8-mixed"): ov_int8_mixed,
 }
 
 

@@ -15,6 +15,17 @@ from bertship.runtimes.errors import MachineError, UsageError
 from bertship.runtimes.fidelity import Tolerance
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+EMBEDDING_TASKS = ("feature-extraction", "sentence-embedding")
+# Batch invariance asked of every embedding artifact: a text embedded alone and the same text embedded among other
+# texts (other lengths, padding) must agree to this cosine, or an index built in batches disagrees with queries
+# embedded one at a time. Float and static int8 recipes measure >= 0.9995 on MiniLM; ORT dynamic int8 0.95-0.97.
+MIN_BATCH_COSINE = 0.999
+# int8-mixed's default target on embedding tasks: the lowest per-text cosine against fp32, alone and batched.
+MIXED_MIN_COSINE = 0.99
+# What `--recipe auto` does, for `bertship recipes` (auto is not a recipe of its own: it chooses one).
+AUTO_SUMMARY = ("build every recipe suited to the backends and this CPU, judge each against the target (--min-cosine "
+                "for embeddings, else --max-accuracy-drop, default 1%), time each in its own process and keep the "
+                "fastest that holds it; int8-dynamic is skipped for embedding tasks unless --allow-batch-dependence")
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,9 @@ RECIPES: dict[str, Recipe] = {
         Recipe("fp16", "float16 weights (half the size); fp16 compute on GPUs, a size recipe on CPU (computes in fp32)",
                {"onnxruntime": "float16 conversion of the graph, float32 inputs and outputs kept",
                 "openvino": "IR with fp16-compressed weights (the CPU plugin decompresses them to f32)"}, {}, _HALF),
-        Recipe("int8-dynamic", "int8 weights per channel; activations quantized at run time, per batch",
+        Recipe("int8-dynamic", "int8 weights per channel; activations quantized at run time with one scale per "
+               "padded batch, so a text's output depends on its batch-mates and padding (refused for embedding tasks "
+               "unless --allow-batch-dependence)",
                {"onnxruntime": "quantize_dynamic: per-channel S8 weights, U8 activations; reduce_range on x86 CPUs "
                                "without VNNI"},
                {"openvino": _NO_OV_DYNAMIC}, _INT8, params={"per_channel": True, "weight_type": "S8"}),
@@ -76,6 +89,17 @@ RECIPES: dict[str, Recipe] = {
                {"onnxruntime": "the Q/DQ graph as exported; ORT turns Q/DQ groups into int8 kernels at load",
                 "openvino": "IR from the Q/DQ graph; the CPU plugin runs the FakeQuantize groups in int8"},
                {}, _INT8),
+        Recipe("int8-mixed", "int8 where the measured sensitivity on the worst texts allows it, float for the rest: "
+               "the all-int8 model's activation quantizers are removed group by group, most sensitive first, until the "
+               "target holds (embeddings: --min-cosine, default 0.99 on every text alone and batched; classifiers: "
+               "--max-accuracy-drop, default 1%)",
+               {"onnxruntime": "quantize_static QDQ (U8 activations, per-channel S8 weights); float groups compute in "
+                               "fp32 on int8 weights; calibration method measured (minmax, percentile)",
+                "openvino": "nncf.quantize(model_type=TRANSFORMER); float groups compute in bf16 on CPUs with "
+                            "AVX512_BF16/AMX (else f32) on int8 weights; SmoothQuant strength measured (0.95, 0.8, off)"},
+               {}, _INT8, needs_calibration=True,
+               params={"calibration_method": "minmax", "smooth_quant_alpha": 0.95, "per_channel": True,
+                       "activation_type": "U8", "weight_type": "S8", "op_types": ["MatMul"]}),
         Recipe("int8-weight-only", "int8 weights, float compute: 4x smaller MatMul weights, near-fp32 accuracy",
                {"onnxruntime": "MatMulNBits (bits=8, block 32)", "openvino": "nncf.compress_weights(INT8_ASYM)"},
                {}, _INT8_WO, params={"bits": 8, "block_size": 32}),

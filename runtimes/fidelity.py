@@ -15,12 +15,19 @@ import numpy as np
 @dataclass(frozen=True)
 class Tolerance:
     """Limits one output must meet: max |diff| on valid positions (None: not judged, as for quantized recipes),
-    minimum per-sample cosine, and argmax agreement on positions whose reference top-2 margin exceeds argmax_margin."""
+    minimum per-sample cosine, and argmax agreement on positions whose reference top-2 margin exceeds argmax_margin.
+
+    Two limits judge each text's vector as the artifact is used (see `text_vectors`), None where not judged:
+    min_text_cosine, the lowest cosine any text may have against the reference, alone or batched (`--min-cosine`);
+    min_batch_cosine, the lowest cosine between a text run alone and the same text run among other texts (batch
+    invariance: an embedding must not depend on its batch-mates or on padding)."""
 
     max_abs_diff: float | None
     min_cosine: float
     min_argmax_agreement: float = 1.0
     argmax_margin: float = 1e-3
+    min_text_cosine: float | None = None
+    min_batch_cosine: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,3 +115,41 @@ def _argmax_agreement(ref, got, mask, kind: str, margin: float) -> tuple[int, in
     if kind == "labels" and ref.ndim == 3:  # token classification: real tokens only
         ok = ok & mask.astype(bool)[:, : ref.shape[1]]
     return int((same & ok).sum()), int(ok.sum())
+
+
+def text_vectors(task: str, outputs: list[dict[str, Any]], outs: dict[str, np.ndarray], mask: np.ndarray) -> list[np.ndarray]:
+    """One float64 vector per text of a batch, as the artifact is used: the sentence embedding; the mean-pooled hidden
+    states of a feature-extraction model (what `embed` returns); otherwise every output's values on the text's real
+    tokens (or its row of logits), concatenated."""
+    if task == "sentence-embedding":
+        return list(np.asarray(outs["sentence_embedding"], dtype=np.float64))
+    if task == "feature-extraction":
+        hidden = np.asarray(outs["last_hidden_state"], dtype=np.float64)
+        m = mask.astype(np.float64)[:, : hidden.shape[1], None]
+        return list((hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9))
+    rows = []
+    lengths = mask.astype(bool).sum(1)
+    for i in range(mask.shape[0]):
+        parts = []
+        for spec in outputs:
+            value = np.asarray(outs[spec["name"]][i], dtype=np.float64)
+            parts.append((value[: lengths[i]] if len(spec["axes"]) > 1 and spec["axes"][1] == "sequence" else value).ravel())
+        rows.append(np.concatenate(parts))
+    return rows
+
+
+def cosines(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    """Cosine of each pair of vectors (1.0 for two equal zero vectors, 0.0 for one zero vector)."""
+    out = np.empty(len(a))
+    for i, (x, y) in enumerate(zip(a, b)):
+        denom = np.linalg.norm(x) * np.linalg.norm(y)
+        out[i] = 1.0 if denom == 0 and np.array_equal(x, y) else float(x @ y / denom) if denom else 0.0
+    return out
+
+
+def tail(values: np.ndarray, texts: list[str], worst: int = 5) -> dict[str, Any]:
+    """The low tail of per-text cosines: minimum, 1st percentile, mean, and the `worst` lowest texts."""
+    order = np.argsort(values, kind="stable")[:worst]
+    return {"texts": len(values), "cosine_min": float(values.min()), "cosine_p1": float(np.percentile(values, 1)),
+            "cosine_mean": float(values.mean()),
+            "worst": [{"text": texts[i], "cosine": float(values[i])} for i in order]}

@@ -52,10 +52,18 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
             lines.append(f"- note: {fusions['note']}")
     for backend, fb in manifest.get("fallback", {}).items():
         kept = ", ".join(k["group"] for k in fb["kept_float"]) or "none"
-        lines += ["", f"## Accuracy-aware fallback ({backend})", "",
-                  f"- {fb['metric']}: fp32 {fb['fp32']:.4f}, everything quantized {fb['all_quantized']:.4f}, "
-                  f"limit {fb['target']:.4f} ({fb['max_drop']:.2%} drop), final {fb['final']:.4f}",
-                  f"- kept in float (most sensitive first): {kept}"]
+        lines += ["", f"## Groups kept in float ({backend})", ""]
+        for o in fb.get("objectives") or [{"metric": fb["metric"], "fp32": fb["fp32"], "target": fb["target"],
+                                           "max_drop": fb["max_drop"]}]:
+            final = fb.get("final_scores", {}).get(o["metric"], fb["final"])
+            full = fb.get("all_quantized_scores", {}).get(o["metric"], fb["all_quantized"])
+            limit = f"{o['max_drop']:.2%} drop" if o.get("max_drop") is not None else "--min-cosine"
+            lines.append(f"- {o['metric']}: fp32 {o['fp32']:.4f}, everything quantized {full:.4f}, limit "
+                         f"{o['target']:.4f} ({limit}), final {final:.4f}")
+        if fb.get("route"):
+            lines.append(f"- quantization route kept: {fb['route']} (of {len(fb.get('routes', []))} measured)")
+        lines.append(f"- kept in float (most sensitive first): {kept}" +
+                     (f" — {len(fb['kept_float'])} of {fb['groups']} groups" if fb.get("groups") else ""))
     choice = manifest.get("auto")
     if choice:
         lines += ["", "## recipe auto: candidates", "", f"Winner: {choice['winner']['recipe']} on "
@@ -68,7 +76,7 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
                 lines.append(f"| {c['recipe']} | {c['backend']} | {c['metric']} {c['score']:.4f} | {p50} "
                              f"| {c['size_bytes'] / 1e6:.1f} | {verdict} |")
             else:
-                lines.append(f"| {c['recipe']} | {c['backend']} | — | — | — | failed: {c['reason'][:80]} |")
+                lines.append(f"| {c['recipe']} | {c['backend']} | — | — | — | {c['status']}: {c['reason'][:80]} |")
     lines += ["", "## Files", "", "| file | size | sha256 |", "|---|---|---|"]
     for f in manifest.get("files", []):
         lines.append(f"| {f['path']} | {_mb(f['bytes'])} | {f['sha256'][:12]}… |")
@@ -91,6 +99,30 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
                 f"| {backend} | {rep['precision']} | {o['output']} | {o['max_abs_diff']:.2e} | "
                 f"{o['cosine_min']:.7f} | {o['cosine_mean']:.7f} | {agree} |"
             )
+    reps = {b: r for b, r in manifest["fidelity"].get("backends", {}).items() if "tail" in r}
+    if reps:
+        batch = tol.get("min_batch_cosine")
+        lines += ["", "## Each golden text's vector: alone, in its batch, among other batch-mates", "",
+                  "Per-text cosine vs the reference (the lowest of the three arrangements)"
+                  + (f", limit {tol['min_text_cosine']}" if tol.get("min_text_cosine") is not None else "")
+                  + "; alone vs batched cosine (batch invariance), "
+                  + (f"limit {batch}." if batch is not None else "not judged"
+                     + (" (--allow-batch-dependence)." if manifest["fidelity"].get("allow_batch_dependence") else ".")),
+                  "", "| backend | texts | cosine min | cosine p1 | cosine mean | alone vs batched min | worst texts |",
+                  "|---|---|---|---|---|---|---|"]
+        for backend, rep in reps.items():
+            t, inv = rep["tail"], rep["batch_invariance"]
+            worst = "; ".join(f"{w['text'][:40]!r} {w['cosine']:.4f}" for w in t["worst"][:3])
+            lines.append(f"| {backend} | {t['texts']} | {t['cosine_min']:.6f} | {t['cosine_p1']:.6f} | "
+                         f"{t['cosine_mean']:.6f} | {inv['cosine_min']:.6f} | {worst} |")
+    target = manifest["fidelity"].get("target")
+    if target:
+        lines += ["", f"## --min-cosine {target['min_cosine']} on {target['texts']} texts "
+                  f"({target['judged_on']})", "", "| backend | cosine min | cosine p1 | cosine mean | alone vs batched min |",
+                  "|---|---|---|---|---|"]
+        for backend, m in target["backends"].items():
+            lines.append(f"| {backend} | {m['cosine_min']:.6f} | {m['cosine_p1']:.6f} | {m['cosine_mean']:.6f} | "
+                         f"{m['batch_cosine_min']:.6f} |")
     timings = manifest.get("timings_s")
     if timings:
         lines += ["", "## Export stages (seconds)", "", " · ".join(f"{k} {v:.1f}" for k, v in timings.items())]

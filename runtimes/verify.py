@@ -12,7 +12,7 @@ import numpy as np
 
 from . import artifact
 from .errors import FidelityError
-from .fidelity import Tolerance, compare
+from .fidelity import Tolerance, compare, cosines, tail, text_vectors
 from .runner import Runner
 from .tokenizer import TextEncoder
 
@@ -46,9 +46,10 @@ def tokenizer_failures(encoder: TextEncoder, texts: list[str], pairs: list[str] 
 
 
 def backend_checks(
-    runner: Runner, manifest: dict[str, Any], feeds: Feeds, refs: Feeds
+    runner: Runner, manifest: dict[str, Any], feeds: Feeds, refs: Feeds, texts: list[str]
 ) -> tuple[dict[str, Any], list[str]]:
-    """Run one backend on the golden feeds and compare every output; (report, failures prefixed by backend)."""
+    """Run one backend on the golden feeds and compare every output, then each text's vector alone and among other
+    batch-mates (see `usage_checks`); (report, failures prefixed by backend)."""
     tolerance = Tolerance(**manifest["fidelity"]["tolerance"])
     gots = [runner.run(f) for f in feeds]
     masks = [f["attention_mask"] for f in feeds]
@@ -57,8 +58,68 @@ def backend_checks(
                 masks, tolerance)
         for o in manifest["signature"]["outputs"]
     ]
-    report = {"precision": runner.precision, "outputs": [c.as_dict() for c in checks]}
-    return report, [f"{runner.backend}: {msg}" for c in checks for msg in c.failures]
+    usage, failures = usage_checks(runner, manifest, feeds, refs, gots, texts, tolerance)
+    report = {"precision": runner.precision, "outputs": [c.as_dict() for c in checks], **usage}
+    failures = [msg for c in checks for msg in c.failures] + failures
+    return report, [f"{runner.backend}: {msg}" for msg in failures]
+
+
+OTHER_BATCH = 5  # the golden batches hold 8: a second arrangement gives every text other batch-mates and padding
+
+
+def arrangements(feeds: Feeds, pad_id: int) -> tuple[Feeds, Feeds]:
+    """(each text alone, unpadded; the same texts in reverse order in batches of OTHER_BATCH, padded to each batch's
+    longest) from the golden batches. Text order is kept in the first; the second holds the texts reversed."""
+    alone = []
+    for feed in feeds:
+        mask = feed["attention_mask"].astype(bool)
+        for i in range(mask.shape[0]):
+            alone.append({k: v[i][mask[i]][None, :] for k, v in feed.items()})
+    others = []
+    order = alone[::-1]
+    for start in range(0, len(order), OTHER_BATCH):
+        group = order[start : start + OTHER_BATCH]
+        longest = max(g["attention_mask"].shape[1] for g in group)
+        others.append({k: np.concatenate([np.pad(g[k], ((0, 0), (0, longest - g[k].shape[1])),
+                                                 constant_values=pad_id if k == "input_ids" else 0) for g in group])
+                       for k in group[0]})
+    return alone, others
+
+
+def usage_checks(
+    runner: Runner, manifest: dict[str, Any], feeds: Feeds, refs: Feeds, gots: Feeds, texts: list[str],
+    tolerance: Tolerance,
+) -> tuple[dict[str, Any], list[str]]:
+    """Each golden text's vector (fidelity.text_vectors) in the golden batch, alone, and among other batch-mates.
+
+    tail: the lowest per-text cosines against the reference over the three arrangements; batch_invariance: the lowest
+    cosine between a text alone and the same text batched. Failures against min_text_cosine and min_batch_cosine."""
+    task, outputs = manifest["task"]["name"], manifest["signature"]["outputs"]
+
+    def vectors(feed_list: Feeds, out_list: Feeds) -> list[np.ndarray]:
+        return [v for f, o in zip(feed_list, out_list) for v in text_vectors(task, outputs, o, f["attention_mask"])]
+
+    alone, others = arrangements(feeds, int(manifest["tokenizer"]["pad_id"]))
+    ref = vectors(feeds, refs)
+    batched = vectors(feeds, gots)
+    single = vectors(alone, [runner.run(f) for f in alone])
+    other = vectors(others, [runner.run(f) for f in others])[::-1]
+    per_text = np.minimum.reduce([cosines(batched, ref), cosines(single, ref), cosines(other, ref)])
+    invariance = np.minimum(cosines(single, batched), cosines(single, other))
+    worst_diff = max(float(np.abs(a - b).max(initial=0.0)) for a, b in zip(single + single, batched + other))
+    report = {"tail": tail(per_text, texts),
+              "batch_invariance": {**{k: v for k, v in tail(invariance, texts, worst=3).items() if k != "cosine_mean"},
+                                   "max_abs_diff": worst_diff}}
+    failures = []
+    if tolerance.min_text_cosine is not None and per_text.min() < tolerance.min_text_cosine:
+        i = int(per_text.argmin())
+        failures.append(f"lowest per-text cosine {per_text[i]:.6f} < --min-cosine {tolerance.min_text_cosine} "
+                        f"(text {texts[i]!r})")
+    if tolerance.min_batch_cosine is not None and invariance.min() < tolerance.min_batch_cosine:
+        i = int(invariance.argmin())
+        failures.append(f"a text alone vs in a batch: cosine {invariance[i]:.6f} < {tolerance.min_batch_cosine} "
+                        f"(text {texts[i]!r}): outputs depend on batch-mates and padding")
+    return report, failures
 
 
 def verify(path: str | Path, backends: list[str] | None = None, threads: int | None = None) -> dict[str, Any]:
@@ -78,7 +139,7 @@ def verify(path: str | Path, backends: list[str] | None = None, threads: int | N
         model = load(root, backend=name, threads=threads)
         if i == 0:
             failures += tokenizer_failures(model.tokenizer, texts, pairs, feeds)
-        report[name], failed = backend_checks(model.runner, manifest, feeds, refs)
+        report[name], failed = backend_checks(model.runner, manifest, feeds, refs, texts)
         failures += failed
     if failures:
         raise FidelityError(failures)
