@@ -85,10 +85,37 @@ def finetune(data: list[tuple[str, int]], out: Path, epochs: int = 1, batch: int
 
 
 
+def encode_timed(model_dir: Path, texts_file: Path, vectors_out: Path, threads: int, rounds: int) -> dict:
+    """sentence-transformers `encode` (batch 32) of every line of `texts_file`, timed `rounds` times after a warm-up;
+    the vectors of the first round saved to `vectors_out` (.npy)."""
+    import numpy as np
+
+    from bertship.bench.procload import LoadWatch
+
+    texts = [t for t in texts_file.read_text(encoding="utf-8").splitlines() if t]
+    encode = sentence_transformers_encoder(model_dir, threads)
+    encode(texts[:200])
+    rates, loads = [], []
+    for r in range(rounds):
+        watch = LoadWatch()
+        start = time.perf_counter()
+        vectors = encode(texts)
+        rates.append(len(texts) / (time.perf_counter() - start))
+        loads.append(watch.foreign())
+        if r == 0:
+            np.save(vectors_out, np.asarray(vectors, dtype=np.float32))
+    return {"backend": "pytorch", "precision": "fp32", "texts": len(texts), "sent_per_s": rates,
+            "foreign_loads": loads, "foreign_load": max((x for x in loads if x is not None), default=None),
+            "peak_rss_mb": peak_rss_mb()}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """PyTorch eager fp32 timing of a model folder in this process; the JSON of bench.worker on stdout."""
+    """PyTorch eager fp32 timing of a model folder in this process; the JSON of bench.worker on stdout. With
+    --encode, sentence-transformers' encode of a text file instead (encode_timed)."""
     parser = argparse.ArgumentParser(prog="python -m bertship.exporter.baselines")
     parser.add_argument("model_dir")
+    parser.add_argument("--encode", type=Path, default=None, help="a text file: time sentence-transformers encode")
+    parser.add_argument("--vectors-out", type=Path, default=None, help="with --encode: where the vectors go (.npy)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--shapes", type=_shape, nargs="+", default=[(1, 128)])
     parser.add_argument("--warmup", type=int, default=5)
@@ -96,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.encode is not None:
+        json.dump(encode_timed(Path(args.model_dir), args.encode, args.vectors_out, args.threads or 2, args.rounds),
+                  sys.stdout)
+        sys.stdout.write("\n")
+        return 0
 
     import torch
     from transformers import AutoModel, AutoTokenizer
