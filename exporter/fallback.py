@@ -261,7 +261,7 @@ def search(
     if len(candidates) > 1:
         record["routes"] = [{"params": _route(backend, r), "all_quantized": named(sc)} for _, sc, r, _ in tried]
         record["route"] = _route(backend, recipe)
-        log(f"[bertship] fallback routes: " + "; ".join(f"{_route(backend, r)} → {', '.join(f'{k} {v:.4f}' for k, v in named(sc).items())}"
+        log("[bertship] fallback routes: " + "; ".join(f"{_route(backend, r)} → {', '.join(f'{k} {v:.4f}' for k, v in named(sc).items())}"
                                                        for _, sc, r, _ in tried) + f"; kept {_route(backend, recipe)}")
     # int8-mixed: a group is an activation quantizer of the route's all-int8 model, kept float by editing that model
     table = ({name: [name] for name in quantize.mixed_groups(backend, ctx)} if ctx.recipe.name == "int8-mixed"

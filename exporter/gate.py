@@ -37,7 +37,8 @@ def run_gate(
         elif manifest["recipe"]["name"] == "fp32":
             fix = "nothing was written; an fp32 export should match PyTorch: report the model family and these numbers"
         else:
-            fix = (f"nothing was written; recipe {manifest['recipe']['name']!r} damages this model: try int8-dynamic "
-                   "or a weight-only recipe, calibration text closer to your data, or keep sensitive layers in float")
+            fix = (f"nothing was written; recipe {manifest['recipe']['name']!r} damages this model: try int8-mixed "
+                   "(keeps the measured-sensitive groups in float), a weight-only recipe, or calibration text closer "
+                   "to your data")
         raise FidelityError(failures, fix)
     return report

@@ -57,6 +57,9 @@ def load_folder(
 ) -> Source:
     """Check and load a Hugging Face model folder; raise SourceError/UsageError naming the problem and the fix."""
     root = Path(path)
+    if root.is_file():
+        raise SourceError(f"{str(root)!r} is a file, not a model folder — pass the folder that holds config.json and "
+                          "the weights (save_pretrained writes one)")
     if not root.is_dir():
         raise SourceError(f"model folder {str(root)!r} does not exist — pass a folder with config.json and weights")
     config_path = root / "config.json"

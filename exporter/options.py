@@ -38,6 +38,10 @@ class ExportOptions:
     def __post_init__(self):
         if self.ort_graph not in ORT_GRAPHS:
             raise UsageError(f"unknown --ort-graph {self.ort_graph!r} — choose from: {', '.join(ORT_GRAPHS)}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise UsageError(f"--threads {self.threads!r} is not a thread count — give a positive number, or leave it "
+                             "out for the runtime's default")
 
     @classmethod
     def build(cls, **values: Any) -> "ExportOptions":

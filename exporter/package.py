@@ -85,7 +85,8 @@ def rewrite(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_out(out: Path, force: bool) -> None:
-    """Refuse an existing --out unless forced, before any work is done."""
+    """Refuse an existing --out unless forced, or one that cannot be written, before any work is done."""
+    artifact.check_destination(out)
     if out.exists() and not force:
         raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
     if out.exists() and not (out / artifact.MANIFEST).is_file() and any(out.iterdir()):

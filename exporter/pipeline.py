@@ -69,10 +69,11 @@ def export(
         backend_table.require(name)
     cpu = cpu_info()
     check_recipe(recipe, names, cpu["flags"])
-    if opts.calibration is not None and not recipe.needs_calibration:
-        raise UsageError(f"--calibration applies to recipes that calibrate (int8-static), not {recipe.name!r} — drop it")
     max_drop = fallback.parse_drop(opts.max_accuracy_drop) if opts.max_accuracy_drop is not None else None
     min_cos = fallback.parse_min_cosine(opts.min_cosine) if opts.min_cosine is not None else None
+    if opts.calibration is not None and not recipe.needs_calibration and min_cos is None:
+        raise UsageError(f"--calibration applies to recipes that calibrate (int8-static, int8-mixed) and to the texts "
+                         f"--min-cosine is judged on, not to {recipe.name!r} alone — drop it")
     if opts.eval_data is not None and max_drop is None and min_cos is None:
         raise UsageError("--eval-data is what --max-accuracy-drop (or --min-cosine) is judged on — pass both, or use "
                          "`bertship eval`")

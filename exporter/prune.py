@@ -291,6 +291,9 @@ def prune(path: str | Path, out: str | Path, *, heads: str | float = "0%", ffn: 
 
 
 def _check_out(out: Path, force: bool) -> None:
+    from bertship.runtimes.artifact import check_destination
+
+    check_destination(out)
     if out.exists() and not force:
         raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
     if out.exists() and not (out / "pruning.json").is_file() and any(out.iterdir()):

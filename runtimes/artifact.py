@@ -106,10 +106,37 @@ def backend_files(manifest: dict[str, Any], backend: str) -> set[str]:
     return set(entry["files"]) | {TOKENIZER}
 
 
+def check_destination(out: Path) -> None:
+    """Raise DestinationError, before any work, when `out` could not be written: its nearest existing ancestor must
+    be a folder this process can write into (folders missing below it are created at the end)."""
+    from .errors import DestinationError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DestinationError(f"{str(out)!r} is a file — choose an --out folder path that is not taken by a file")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DestinationError(f"{str(ancestor)!r} is a file, so {str(out)!r} cannot be created — choose another --out")
+    try:  # a real probe: permission bits do not tell root that /proc or a read-only mount refuses new folders
+        os.rmdir(tempfile.mkdtemp(prefix=".bertship-probe-", dir=ancestor))
+    except OSError as exc:
+        raise DestinationError(f"cannot write into {str(ancestor)!r} ({exc.strerror}), so {str(out)!r} cannot be "
+                               "created — choose an --out in a writable folder") from None
+
+
 def staging_dir(out: Path) -> Path:
     """A fresh temporary directory beside `out` (same filesystem, so the final rename is atomic)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    from .errors import DestinationError
+
+    check_destination(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise DestinationError(f"cannot create a folder beside {str(out)!r} ({exc.strerror}) — choose an --out in a "
+                               "writable folder") from None
 
 
 def publish(staging: Path, out: Path) -> None:

@@ -76,6 +76,13 @@ class FusionError(BertshipError):
     exit_code = 10
 
 
+class DestinationError(BertshipError):
+    """Raised when an output folder cannot be written: its parent is read-only or not a folder, or the disk refuses
+    it. Raised before any work is done where it can be seen in advance."""
+
+    exit_code = 11
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with the traceback from --debug)",
@@ -88,4 +95,5 @@ EXIT_CODES: dict[int, str] = {
     MachineError.exit_code: "this machine lacks what a recipe or profile needs (names the missing CPU flag or device)",
     InconclusiveError.exit_code: "inconclusive: a check failed, or its baseline was timed, under foreign CPU load",
     FusionError.exit_code: "graph optimization incomplete: an expected fused op is missing (names op and layers)",
+    DestinationError.exit_code: "the output folder cannot be written (read-only place, a file in the way, disk full)",
 }

@@ -274,3 +274,34 @@ def test_help_documents_exit_codes(capsys):
     out = capsys.readouterr().out
     for code in range(0, 7):
         assert f"  {code}  " in out
+
+
+def test_model_path_that_is_a_file(capsys, folder, tmp_path):
+    code, err = run(capsys, "export", folder / "config.json", "--out", tmp_path / "out")
+    assert code == 3
+    assert_one_line_error(err, "is a file, not a model folder")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("threads", ["-1", "0"])
+def test_export_threads_must_be_positive(capsys, folder, tmp_path, threads):
+    code, err = run(capsys, "export", folder, "--threads", threads, "--out", tmp_path / "out")
+    assert code == 2
+    assert_one_line_error(err, f"--threads {threads}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_out_is_its_own_exit_code(capsys, folder, tmp_path):
+    from bertship.runtimes.errors import EXIT_CODES, DestinationError
+
+    code, err = run(capsys, "export", folder, "--out", "/proc/bertship-test/out")
+    assert code == DestinationError.exit_code == 11 and 11 in EXIT_CODES
+    assert_one_line_error(err, "cannot write into", "/proc")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, err = run(capsys, "export", folder, "--out", blocker / "out")
+    assert code == 11
+    assert_one_line_error(err, "is a file")
+    art_code, art_err = run(capsys, "deploy", "ovms", tmp_path / "missing-art", "--out", "/proc/x")
+    assert art_code in (5, 11)  # the artifact is checked first; either way a named error, not a crash
+    assert "internal error" not in art_err

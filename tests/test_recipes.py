@@ -42,6 +42,96 @@ def test_recipe_builds_verifies_and_is_recorded(backend, recipe, tiny_folder, tm
     elif backend == "openvino":
         assert report["openvino"]["precision"] == "f32"
     assert load(out).encode(["a short test"]).shape == (1, 3)
+    facts = graph_facts(out, backend)
+    for claim, ok in CLAIMS[(backend, recipe)](facts).items():
+        assert ok, f"{backend} {recipe}: the graph does not hold what the recipe claims: {claim} ({facts})"
+
+
+def graph_facts(out: Path, backend: str) -> dict:
+    """What the shipped graph holds: op counts, the element types of the Linear weights, MatMulNBits attributes."""
+    if backend == "onnxruntime":
+        import onnx
+        from onnx import helper, numpy_helper
+
+        g = onnx.load(str(out / "onnxruntime" / "model.onnx")).graph
+        inits = {i.name: i for i in g.initializer}
+        writer = {o: n for n in g.node for o in n.output}
+        ops: dict[str, int] = {}
+        for n in g.node:
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+        weights = []  # element type of each MatMul-like op's constant weight, through a DequantizeLinear
+        for n in g.node:
+            if n.op_type in ("MatMul", "MatMulInteger", "MatMulNBits") and len(n.input) > 1:
+                w = n.input[1]
+                if w in writer and writer[w].op_type == "DequantizeLinear":
+                    w = writer[w].input[0]
+                if w in inits:
+                    weights.append(helper.tensor_dtype_to_np_dtype(inits[w].data_type).name)
+        act_zero_points = [numpy_helper.to_array(inits[n.input[2]]).dtype.name for n in g.node
+                           if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits
+                           and n.input[0] not in inits]
+        per_channel = any(numpy_helper.to_array(inits[n.input[1]]).size > 1 for n in g.node
+                          if n.op_type == "DequantizeLinear" and n.input[0] in inits and n.input[1] in inits)
+        nbits = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in g.node
+                 if n.op_type == "MatMulNBits"]
+        return {"ops": ops, "weights": weights, "activation_zero_points": act_zero_points,
+                "per_channel_weights": per_channel, "nbits": nbits}
+    import openvino as ov
+
+    model = ov.Core().read_model(str(out / "openvino" / "model.xml"))
+    ops: dict[str, int] = {}
+    weights = []
+    for op in model.get_ordered_ops():
+        ops[op.get_type_name()] = ops.get(op.get_type_name(), 0) + 1
+        if op.get_type_name() == "MatMul":
+            node = op.input_value(1).get_node()
+            while node.get_type_name() in ("Convert", "Multiply", "Subtract", "Reshape", "Transpose"):
+                node = node.input_value(0).get_node()
+            if node.get_type_name() == "Constant":
+                weights.append(node.get_element_type().get_type_name())
+    return {"ops": ops, "weights": weights}
+
+
+def _none(facts, *ops):
+    return all(facts["ops"].get(op, 0) == 0 for op in ops)
+
+
+_INT_OPS = ("QuantizeLinear", "DequantizeLinear", "MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits")
+# What each recipe claims its graph holds (recipes.py `how`), as checks on graph_facts: a handler that shipped the
+# fp32 graph instead fails every one of these but fp32's.
+CLAIMS = {
+    ("onnxruntime", "fp32"): lambda f: {"no quantized op": _none(f, *_INT_OPS),
+                                        "float32 weights": set(f["weights"]) == {"float32"}},
+    ("onnxruntime", "fp16"): lambda f: {"float16 weights": set(f["weights"]) == {"float16"}},
+    ("onnxruntime", "int8-dynamic"): lambda f: {
+        "activations quantized at run time": f["ops"].get("DynamicQuantizeLinear", 0) > 0,
+        "integer MatMuls": f["ops"].get("MatMulInteger", 0) > 0, "S8 weights": set(f["weights"]) == {"int8"}},
+    ("onnxruntime", "int8-static"): lambda f: {
+        "U8 activations": set(f["activation_zero_points"]) == {"uint8"},
+        "S8 weights": "int8" in f["weights"] and "float32" not in f["weights"],
+        "per-channel weights": f["per_channel_weights"]},
+    ("onnxruntime", "int8-mixed"): lambda f: {
+        "U8 activations": set(f["activation_zero_points"]) == {"uint8"}, "S8 weights": "int8" in f["weights"]},
+    ("onnxruntime", "int8-weight-only"): lambda f: {
+        "MatMulNBits bits 8 block 32": bool(f["nbits"]) and all(a["bits"] == 8 and a["block_size"] == 32
+                                                                for a in f["nbits"]),
+        "no float Linear weight left": "float32" not in f["weights"]},
+    ("onnxruntime", "int4-weight-only"): lambda f: {
+        "MatMulNBits bits 4 block 32": bool(f["nbits"]) and all(a["bits"] == 4 and a["block_size"] == 32
+                                                                for a in f["nbits"])},
+    ("openvino", "fp32"): lambda f: {"no FakeQuantize": _none(f, "FakeQuantize"),
+                                     "f32 weights": set(f["weights"]) == {"f32"}},
+    ("openvino", "bf16"): lambda f: {"f32 weights (bf16 is the run-time hint)": set(f["weights"]) == {"f32"}},
+    ("openvino", "fp16"): lambda f: {"f16 weights": set(f["weights"]) == {"f16"}},
+    ("openvino", "int8-static"): lambda f: {"FakeQuantize on activations": f["ops"].get("FakeQuantize", 0) > 0,
+                                            "i8 weights": set(f["weights"]) == {"i8"}},
+    ("openvino", "int8-mixed"): lambda f: {"FakeQuantize on activations": f["ops"].get("FakeQuantize", 0) > 0,
+                                           "i8 weights": "i8" in f["weights"]},
+    ("openvino", "int8-weight-only"): lambda f: {"no FakeQuantize": _none(f, "FakeQuantize"),
+                                                 "u8 weights (INT8_ASYM)": set(f["weights"]) == {"u8"}},
+    ("openvino", "int4-weight-only"): lambda f: {"no FakeQuantize": _none(f, "FakeQuantize"),
+                                                 "i4 weights (INT4_SYM)": "i4" in f["weights"]},
+}
 
 
 def _size(out: Path, backend: str) -> int:

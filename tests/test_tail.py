@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
 from bertship.cli import main
-from bertship.exporter import export, fallback, golden, package
+from bertship.exporter import export, golden, package
 from bertship.runtimes import artifact, load, verify
 from bertship.runtimes.errors import FidelityError
 from bertship.runtimes.fidelity import Tolerance, cosines, text_vectors
