@@ -197,7 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bertship.bench.embed_fidelity", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="re-render the .md and .png from the JSON in --out")
     args = parser.parse_args(argv)
+    if args.report_only:
+        results = json.loads((args.out / "embed_fidelity.json").read_text())
+        (args.out / "embed_fidelity.md").write_text(markdown(results))
+        plot(results, args.out / "embed_fidelity.png")
+        return 0
     from bertship.exporter.anchors import build_anchors
     from bertship.exporter.calibration import read_texts
     from bertship.exporter.load import default_model_path
@@ -280,7 +286,7 @@ def markdown(r: dict[str, Any]) -> str:
               "", "MR classifier (test accuracy, each recipe exported from the fine-tuned classifier):", "",
               "| variant | accuracy | % of fp32 | float groups |", "|---|---|---|---|"]
     for name, c in clf.items():
-        kept = ", ".join(c["kept_float"]) if c.get("kept_float") else "—"
+        kept = ", ".join(k["group"] for k in c["kept_float"]) if c.get("kept_float") else "—"
         lines.append(f"| {name} | {c['accuracy']:.4f} | {c['pct_of_fp32']:.1f} % | {kept} |")
     if r.get("refused"):
         lines += ["", "Refused by the export gate:", ""] + [f"- {k}: {v[:300]}" for k, v in r["refused"].items()]

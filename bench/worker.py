@@ -98,12 +98,12 @@ def _environment(model, args: argparse.Namespace, runner_options: dict[str, Any]
 
 def _fidelity(model) -> dict[str, Any] | None:
     """Min/mean cosine of this backend's outputs vs the artifact's golden PyTorch outputs, computed here."""
-    from bertship.runtimes.verify import backend_checks, read_golden
+    from bertship.runtimes.verify import backend_checks, read_golden, read_sweep
 
     if "golden" not in model.manifest:
         return None
     feeds, refs, texts, _ = read_golden(model.root, model.manifest)
-    report, failures = backend_checks(model.runner, model.manifest, feeds, refs, texts)
+    report, failures = backend_checks(model.runner, model.manifest, feeds, refs, texts, read_sweep(model.root))
     return {"cosine_min": min(o["cosine_min"] for o in report["outputs"]),
             "cosine_mean": min(o["cosine_mean"] for o in report["outputs"]),
             "text_cosine_min": report["tail"]["cosine_min"], "text_cosine_p1": report["tail"]["cosine_p1"],

@@ -280,7 +280,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             cos = min(o["cosine_min"] for o in rep["outputs"])
             print(f"{name:<12} ok  precision {rep['precision']:<5} max|diff| {worst:.2e}  min cosine {cos:.7f}  "
                   f"per-text tail: min {rep['tail']['cosine_min']:.6f} p1 {rep['tail']['cosine_p1']:.6f}  "
-                  f"alone vs batched: min {rep['batch_invariance']['cosine_min']:.6f}")
+                  f"alone vs batched: min {rep['batch_invariance']['cosine_min']:.6f}"
+                  + (f"  lengths: min {rep['length_sweep']['cosine_min']:.6f}" if "length_sweep" in rep else ""))
         print(f"verified {args.artifact}: checksums, tokenizer and {len(report)} backend(s) match the golden outputs")
     return 0
 

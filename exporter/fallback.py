@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import shutil
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,43 +81,66 @@ class Scorer:
 @dataclass(frozen=True)
 class TailScorer:
     """The lowest per-text cosine against the fp32 graph, each text run alone and inside mixed-length batches (its
-    vector as the artifact is used: fidelity.text_vectors). What --min-cosine is judged on."""
+    vector as the artifact is used: fidelity.text_vectors), and each length of the sweep (runtimes.verify.sweep_feeds)
+    run alone. What --min-cosine is judged on."""
 
     alone: list[dict[str, np.ndarray]]
     batches: list[dict[str, np.ndarray]]  # the texts in their given order, BATCH at a time, padded
     reference: list[np.ndarray]  # per text, from the fp32 graph run on the text alone
-    texts: list[str]
+    texts: list[str]  # the texts, then one "<N tokens>" label per sweep length
     task: str
     outputs: list[dict[str, Any]]
+    sweep: list[dict[str, np.ndarray]] = field(default_factory=list)
+    sweep_reference: list[np.ndarray] = field(default_factory=list)
     metric: str = "min_cosine"
     fp32: float = 1.0
 
     BATCH = 16
 
     def measure(self, runner) -> dict[str, Any]:
-        """tail(...) of the per-text minimum over both arrangements, plus the lowest alone-vs-batched cosine."""
+        """tail(...) of the per-text minimum over both arrangements and the sweep, plus the lowest alone-vs-batched
+        cosine."""
         per_text, invariance = self._cosines(runner)
-        return {**tail(per_text, self.texts), "batch_cosine_min": float(invariance.min())}
+        return {**tail(per_text, self.texts), "batch_cosine_min": float(invariance.min(initial=1.0))}
 
     def per_text(self, runner) -> np.ndarray:
-        """Each text's lowest cosine against the reference, alone or batched."""
+        """Each text's lowest cosine against the reference, alone or batched, then each sweep length's."""
         return self._cosines(runner)[0]
 
     def __call__(self, runner) -> float:
         return float(self.per_text(runner).min())
 
+    def subset(self, indices) -> "TailScorer":
+        """The same judgement on some of its texts and sweep lengths (indices into per_text's order), each run alone
+        only: a cheaper scorer for ranking groups on the worst of them."""
+        n = len(self.alone)
+        texts = [i for i in indices if i < n]
+        lengths = [i - n for i in indices if i >= n]
+        return replace(self, alone=[self.alone[i] for i in texts], batches=[],
+                       reference=[self.reference[i] for i in texts],
+                       texts=[self.texts[i] for i in texts] + [self.texts[n + j] for j in lengths],
+                       sweep=[self.sweep[j] for j in lengths], sweep_reference=[self.sweep_reference[j] for j in lengths])
+
     def _cosines(self, runner) -> tuple[np.ndarray, np.ndarray]:
         single = self._vectors(runner, self.alone)
-        batched = self._vectors(runner, self.batches)
-        return np.minimum(cosines(single, self.reference), cosines(batched, self.reference)), cosines(single, batched)
+        texts = cosines(single, self.reference)
+        invariance = np.ones(0)
+        if self.batches:
+            batched = self._vectors(runner, self.batches)
+            texts = np.minimum(texts, cosines(batched, self.reference))
+            invariance = cosines(single, batched)
+        sweep = cosines(self._vectors(runner, self.sweep, pooled=True), self.sweep_reference)
+        return np.concatenate([texts, sweep]), invariance
 
-    def _vectors(self, runner, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-        return [v for f in feeds for v in text_vectors(self.task, self.outputs, runner.run(f), f["attention_mask"])]
+    def _vectors(self, runner, feeds: list[dict[str, np.ndarray]], pooled: bool = False) -> list[np.ndarray]:
+        return [v for f in feeds for v in text_vectors(self.task, self.outputs, runner.run(f), f["attention_mask"],
+                                                      pooled=pooled)]
 
 
-def make_tail_scorer(plain_onnx: Path, source, texts: list[str], pairs: list[str] | None) -> TailScorer:
-    """Texts tokenized by the source tokenizer, alone and in batches; the reference from the fp32 graph on ONNX Runtime
-    (equal to PyTorch within 1e-6) with each text alone."""
+def make_tail_scorer(plain_onnx: Path, source, texts: list[str], pairs: list[str] | None,
+                     sweep: list[dict[str, np.ndarray]] = ()) -> TailScorer:
+    """Texts tokenized by the source tokenizer, alone and in batches, and the sweep inputs; the reference from the fp32
+    graph on ONNX Runtime (equal to PyTorch within 1e-6) with each text alone."""
     def encode(idx: list[int]) -> dict[str, np.ndarray]:
         enc = source.tokenizer([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None, padding="longest",
                                truncation=True, max_length=source.max_length, return_token_type_ids=True,
@@ -128,8 +151,15 @@ def make_tail_scorer(plain_onnx: Path, source, texts: list[str], pairs: list[str
     batches = [encode(list(range(s, min(s + TailScorer.BATCH, len(texts))))) for s in range(0, len(texts), TailScorer.BATCH)]
     outputs = [o.as_dict() for o in source.task.outputs]
     ref_runner = backends.runner_class("onnxruntime")(plain_onnx, None, None)
-    reference = [v for f in alone for v in text_vectors(source.task.name, outputs, ref_runner.run(f), f["attention_mask"])]
-    return TailScorer(alone, batches, reference, list(texts), source.task.name, outputs)
+
+    def vectors(feeds, pooled=False):
+        return [v for f in feeds for v in text_vectors(source.task.name, outputs, ref_runner.run(f), f["attention_mask"],
+                                                       pooled=pooled)]
+
+    sweep = list(sweep)
+    labels = [f"<{f['input_ids'].shape[1]} tokens>" for f in sweep]
+    return TailScorer(alone, batches, vectors(alone), [*texts, *labels], source.task.name, outputs, sweep,
+                      vectors(sweep, pooled=True))
 
 
 @dataclass(frozen=True)
@@ -224,15 +254,17 @@ def search(
     ctx = replace(ctx, work=ctx.work or ctx.staging / "_work")
     evaluations = 0
 
-    def trial(c: quantize.BuildContext, excluded: list[str], details: dict | None = None) -> list[float]:
-        """Each objective's score with `excluded` kept in float; `details` gets the per-text cosines of a tail."""
+    def trial(c: quantize.BuildContext, excluded: list[str], details: dict | None = None,
+              judged: list[Objective] | None = None) -> list[float]:
+        """Each objective's score with `excluded` kept in float; `details` gets the per-text cosines of a tail;
+        `judged`: other objectives to score instead (the cheaper ranking ones)."""
         nonlocal evaluations
         evaluations += 1
         shutil.rmtree(scratch, ignore_errors=True)
         entry = quantize.build(backend, replace(c, staging=scratch, exclude=tuple(excluded)))
         runner = runner_cls(scratch / entry["model"], None, entry.get("options"))
         scores = []
-        for i, o in enumerate(objectives):
+        for i, o in enumerate(judged or objectives):
             if hasattr(o.scorer, "per_text"):
                 values = o.scorer.per_text(runner)
                 scores.append(float(values.min()))
@@ -276,11 +308,14 @@ def search(
     kept: list[str] = []
     scores = full
     if margin(full) < 0:
-        rank = _ranking(objectives, full, full_texts)
+        ranking, rank = _ranking(objectives, full_texts)
+        base = None
         for name in table:
+            if base is None:  # the all-quantized model under the (cheaper) ranking objectives
+                per_text = {}
+                base = rank(trial(ctx, [], per_text, ranking), per_text)
             per_text = {}
-            scores_alone = trial(ctx, table[name], per_text)
-            record["sensitivity"][name] = rank(scores_alone, per_text) - rank(full, full_texts)
+            record["sensitivity"][name] = rank(trial(ctx, table[name], per_text, ranking), per_text) - base
         ranked = sorted(table, key=lambda n: record["sensitivity"][n], reverse=True)
         log("[bertship] fallback most sensitive: " + ", ".join(f"{n} (+{record['sensitivity'][n]:.4f})"
                                                              for n in ranked[:4]))
@@ -321,17 +356,24 @@ def search(
 TAIL_SHARE = 0.05  # a tail objective's groups are ranked on the mean error of this share of its worst texts
 
 
-def _ranking(objectives: list[Objective], full: list[float], full_texts: dict[int, np.ndarray]):
-    """How much a trial is worth, for ranking groups: the summed scores, where a tail objective counts the mean
-    1 - cosine of the texts worst under full quantization instead of its minimum. The minimum alone ranks badly: the
-    worst text is damaged by several groups at once, so freeing any one of them barely moves it, while errors from
-    different groups add up in 1 - cosine over the tail."""
-    worst = {i: np.argsort(v)[: max(5, int(TAIL_SHARE * len(v)))] for i, v in full_texts.items()}
+def _ranking(objectives: list[Objective], full_texts: dict[int, np.ndarray]):
+    """(the objectives groups are ranked on, how much a trial is worth under them). A tail objective is ranked on its
+    TAIL_SHARE worst texts and sweep lengths under full quantization, run alone (a subset scorer: ranking runs once per
+    group), by their mean 1 - cosine; the minimum alone ranks badly, since the worst text is damaged by several groups
+    at once, so freeing any one of them barely moves it, while errors from different groups add up over the tail.
+    Other objectives count their score."""
+    ranking = []
+    for i, o in enumerate(objectives):
+        if i in full_texts and hasattr(o.scorer, "subset"):
+            worst = np.argsort(full_texts[i])[: max(5, int(TAIL_SHARE * len(full_texts[i])))]
+            ranking.append(replace(o, scorer=o.scorer.subset([int(k) for k in worst])))
+        else:
+            ranking.append(o)
 
     def value(scores: list[float], per_text: dict[int, np.ndarray]) -> float:
-        return sum(-float((1 - per_text[i][worst[i]]).mean()) if i in worst else s for i, s in enumerate(scores))
+        return sum(-float((1 - per_text[i]).mean()) if i in per_text else s for i, s in enumerate(scores))
 
-    return value
+    return ranking, value
 
 
 def _route(backend: str, recipe) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from bertship.runtimes.verify import Feeds, backend_checks, tokenizer_failures
 
 def run_gate(
     staging: Path, manifest: dict[str, Any], feeds: Feeds, refs: Feeds, texts: list[str], pairs: list[str] | None,
-    threads: int | None,
+    threads: int | None, sweep_refs=None,
 ) -> dict[str, Any]:
     """Check the bundled tokenizer and run every built backend on the golden feeds.
 
@@ -24,13 +24,16 @@ def run_gate(
     report: dict[str, Any] = {}
     for name, entry in manifest["backends"].items():
         runner = backends.runner_class(name)(staging / entry["model"], threads, entry.get("options"))
-        report[name], failed = backend_checks(runner, manifest, feeds, refs, texts)
+        report[name], failed = backend_checks(runner, manifest, feeds, refs, texts, sweep_refs)
         failures += failed
     if failures:
         if any("depend on batch-mates" in f for f in failures):
             fix = ("nothing was written; this recipe's outputs change with batch-mates and padding (int8-dynamic "
                    "computes one activation scale per padded batch) — use int8-static, int8-mixed or a float recipe, "
                    "or pass --allow-batch-dependence to accept it (recorded in the manifest)")
+        elif any("length sweep" in f for f in failures):
+            fix = ("nothing was written; the runtime computes some sequence lengths wrongly under this recipe — use "
+                   "another recipe or backend (with int8-mixed: its search covers the sweep), and report the length")
         elif any("--min-cosine" in f for f in failures):
             fix = ("nothing was written; use --recipe int8-mixed (keeps the sensitive groups in float until the "
                    "target holds), bf16 or int8-weight-only, or lower --min-cosine")

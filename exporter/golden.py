@@ -70,3 +70,24 @@ def reference_outputs(source: Source, feeds: list[dict[str, np.ndarray]]) -> lis
             out = out if isinstance(out, tuple) else (out,)
             refs.append({n: t.detach().float().numpy().copy() for n, t in zip(names, out)})
     return refs
+
+
+def sweep_references(source: Source, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """PyTorch fp32 vectors of the length sweep (runtimes.verify.sweep_feeds), one row per length: what every backend
+    must reproduce at every sequence length."""
+    import torch
+
+    from bertship.runtimes.fidelity import text_vectors
+    from bertship.runtimes.verify import sweep_feeds
+
+    module = graph_module(source)
+    names = [o.name for o in source.task.outputs]
+    outputs = [o.as_dict() for o in source.task.outputs]
+    rows = []
+    with torch.no_grad():
+        for feed in sweep_feeds(feeds, source.max_length):
+            out = module(*(torch.from_numpy(feed[n]) for n in source.family.inputs))
+            out = out if isinstance(out, tuple) else (out,)
+            outs = {n: t.detach().float().numpy() for n, t in zip(names, out)}
+            rows.append(text_vectors(source.task.name, outputs, outs, feed["attention_mask"], pooled=True)[0])
+    return np.stack(rows).astype(np.float32)

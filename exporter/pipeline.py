@@ -93,6 +93,7 @@ def export(
         feeds = golden.golden_feeds(source, texts, pairs)
         # references come from the model as given, so the gate also proves that compaction changed nothing
         refs = golden.reference_outputs(source, feeds)
+        sweep_refs = golden.sweep_references(source, feeds)
     embedding = source.task.name in EMBEDDING_TASKS
     if min_cos is not None and not embedding:
         raise UsageError(_MIN_COSINE_TASK.format(task=source.task.name))
@@ -143,7 +144,7 @@ def export(
             objectives.append(fallback.Objective.drop(_scorer(source, plain, opts, calib_texts), max_drop))
         tail_scorer = None
         if min_cos is not None:
-            tail_scorer = _tail_scorer(source, plain, opts, calib_texts, texts)
+            tail_scorer = _tail_scorer(source, plain, opts, calib_texts, texts, feeds)
             objectives.append(fallback.Objective(tail_scorer, min_cos))
         searching = recipe.name == "int8-mixed" or (max_drop is not None and recipe.name in fallback.SEARCHING)
         for name in names:
@@ -174,15 +175,18 @@ def export(
             manifest["compaction"] = compaction.as_dict()
         if fusion is not None:
             manifest["graph"] = {"fusions": fusion.as_dict(), "allow_missing_fusions": opts.allow_missing_fusions}
-        with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden texts, batched, "
-                                    "alone and with other batch-mates"):
-            manifest["fidelity"]["backends"] = run_gate(staging, manifest, feeds, refs, texts, pairs, opts.threads)
+        with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden texts (batched, "
+                                    f"alone, other batch-mates) and {len(sweep_refs)} sequence lengths"):
+            manifest["fidelity"]["backends"] = run_gate(staging, manifest, feeds, refs, texts, pairs, opts.threads,
+                                                        sweep_refs)
         for name, rep in manifest["fidelity"]["backends"].items():
+            sweep = rep["length_sweep"]
             log(f"[bertship]          {name}: per-text cosine min {rep['tail']['cosine_min']:.5f} "
                 f"(p1 {rep['tail']['cosine_p1']:.5f}, worst {rep['tail']['worst'][0]['text']!r}); alone vs batched "
-                f"min {rep['batch_invariance']['cosine_min']:.6f}")
+                f"min {rep['batch_invariance']['cosine_min']:.6f}; lengths 3-{sweep['longest']} min "
+                f"{sweep['cosine_min']:.5f} (at {sweep['worst_length']})")
         with stages.stage("package", "golden outputs, manifest, report"):
-            manifest["golden"] = package.write_golden(staging, texts, pairs, feeds, refs)
+            manifest["golden"] = package.write_golden(staging, texts, pairs, feeds, refs, sweep_refs)
             manifest["timings_s"] = stages.timings
             package.write_report(staging, dict(manifest, files=artifact.file_entries(staging)))
             package.write_manifest(staging, manifest)
@@ -242,15 +246,19 @@ _MIN_COSINE_TASK = ("--min-cosine judges embedding vectors (feature-extraction, 
                     "--max-accuracy-drop for a classifier or tagger")
 
 
-def _tail_scorer(source, plain: Path, opts: ExportOptions, calib_texts, golden_texts: list[str]) -> fallback.TailScorer:
-    """What --min-cosine is judged on: the eval or calibration texts plus the golden texts."""
+def _tail_scorer(source, plain: Path, opts: ExportOptions, calib_texts, golden_texts: list[str],
+                 golden_feeds) -> fallback.TailScorer:
+    """What --min-cosine is judged on: the eval or calibration texts plus the golden texts, and the length sweep."""
     if opts.eval_data is not None:
         from bertship.runtimes.evaluate import read_eval_data
 
         texts = read_eval_data(opts.eval_data, source.task.name, {}).texts
     else:
         texts = calib_texts[0]
-    return fallback.make_tail_scorer(plain, source, list(dict.fromkeys([*texts, *golden_texts])), None)
+    from bertship.runtimes.verify import sweep_feeds
+
+    return fallback.make_tail_scorer(plain, source, list(dict.fromkeys([*texts, *golden_texts])), None,
+                                     sweep_feeds(golden_feeds, source.max_length))
 
 
 def _check_target(staging: Path, built: dict[str, Any], scorer: fallback.TailScorer, min_cos: float, recipe: str,
@@ -263,7 +271,7 @@ def _check_target(staging: Path, built: dict[str, Any], scorer: fallback.TailSco
         m = scorer.measure(backend_table.runner_class(name)(staging / entry["model"], None, entry.get("options")))
         measured[name] = m
         log(f"[bertship] target   {name}: lowest per-text cosine {m['cosine_min']:.5f} (p1 {m['cosine_p1']:.5f}) on "
-            f"{m['texts']} texts alone and batched; --min-cosine {min_cos}")
+            f"{m['texts']} texts and sweep lengths, alone and batched; --min-cosine {min_cos}")
         if m["cosine_min"] < min_cos:
             failures.append(f"{name}: lowest per-text cosine {m['cosine_min']:.5f} < --min-cosine {min_cos} (p1 "
                             f"{m['cosine_p1']:.5f}, worst {m['worst'][0]['text']!r})")

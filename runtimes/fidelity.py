@@ -117,10 +117,12 @@ def _argmax_agreement(ref, got, mask, kind: str, margin: float) -> tuple[int, in
     return int((same & ok).sum()), int(ok.sum())
 
 
-def text_vectors(task: str, outputs: list[dict[str, Any]], outs: dict[str, np.ndarray], mask: np.ndarray) -> list[np.ndarray]:
+def text_vectors(task: str, outputs: list[dict[str, Any]], outs: dict[str, np.ndarray], mask: np.ndarray,
+                 pooled: bool = False) -> list[np.ndarray]:
     """One float64 vector per text of a batch, as the artifact is used: the sentence embedding; the mean-pooled hidden
     states of a feature-extraction model (what `embed` returns); otherwise every output's values on the text's real
-    tokens (or its row of logits), concatenated."""
+    tokens (or its row of logits), concatenated — or, with `pooled`, their mean over the real tokens (a fixed-size
+    summary, small enough to store for every sequence length)."""
     if task == "sentence-embedding":
         return list(np.asarray(outs["sentence_embedding"], dtype=np.float64))
     if task == "feature-extraction":
@@ -133,7 +135,9 @@ def text_vectors(task: str, outputs: list[dict[str, Any]], outs: dict[str, np.nd
         parts = []
         for spec in outputs:
             value = np.asarray(outs[spec["name"]][i], dtype=np.float64)
-            parts.append((value[: lengths[i]] if len(spec["axes"]) > 1 and spec["axes"][1] == "sequence" else value).ravel())
+            if len(spec["axes"]) > 1 and spec["axes"][1] == "sequence":
+                value = value[: lengths[i]].mean(0) if pooled else value[: lengths[i]]
+            parts.append(value.ravel())
         rows.append(np.concatenate(parts))
     return rows
 

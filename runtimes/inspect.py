@@ -108,13 +108,15 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
                   + "; alone vs batched cosine (batch invariance), "
                   + (f"limit {batch}." if batch is not None else "not judged"
                      + (" (--allow-batch-dependence)." if manifest["fidelity"].get("allow_batch_dependence") else ".")),
-                  "", "| backend | texts | cosine min | cosine p1 | cosine mean | alone vs batched min | worst texts |",
-                  "|---|---|---|---|---|---|---|"]
+                  "", "| backend | texts | cosine min | cosine p1 | cosine mean | alone vs batched min | worst texts | "
+                  "length sweep min (worst length) |", "|---|---|---|---|---|---|---|---|"]
         for backend, rep in reps.items():
-            t, inv = rep["tail"], rep["batch_invariance"]
+            t, inv, sweep = rep["tail"], rep["batch_invariance"], rep.get("length_sweep")
             worst = "; ".join(f"{w['text'][:40]!r} {w['cosine']:.4f}" for w in t["worst"][:3])
+            swept = (f"{sweep['cosine_min']:.6f} ({sweep['worst_length']} of 3–{sweep['longest']} tokens)" if sweep
+                     else "—")
             lines.append(f"| {backend} | {t['texts']} | {t['cosine_min']:.6f} | {t['cosine_p1']:.6f} | "
-                         f"{t['cosine_mean']:.6f} | {inv['cosine_min']:.6f} | {worst} |")
+                         f"{t['cosine_mean']:.6f} | {inv['cosine_min']:.6f} | {worst} | {swept} |")
     target = manifest["fidelity"].get("target")
     if target:
         lines += ["", f"## --min-cosine {target['min_cosine']} on {target['texts']} texts "

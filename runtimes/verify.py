@@ -46,10 +46,11 @@ def tokenizer_failures(encoder: TextEncoder, texts: list[str], pairs: list[str] 
 
 
 def backend_checks(
-    runner: Runner, manifest: dict[str, Any], feeds: Feeds, refs: Feeds, texts: list[str]
+    runner: Runner, manifest: dict[str, Any], feeds: Feeds, refs: Feeds, texts: list[str],
+    sweep_refs: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Run one backend on the golden feeds and compare every output, then each text's vector alone and among other
-    batch-mates (see `usage_checks`); (report, failures prefixed by backend)."""
+    batch-mates, and the length sweep (see `usage_checks`); (report, failures prefixed by backend)."""
     tolerance = Tolerance(**manifest["fidelity"]["tolerance"])
     gots = [runner.run(f) for f in feeds]
     masks = [f["attention_mask"] for f in feeds]
@@ -58,13 +59,49 @@ def backend_checks(
                 masks, tolerance)
         for o in manifest["signature"]["outputs"]
     ]
-    usage, failures = usage_checks(runner, manifest, feeds, refs, gots, texts, tolerance)
+    usage, failures = usage_checks(runner, manifest, feeds, refs, gots, texts, tolerance, sweep_refs)
     report = {"precision": runner.precision, "outputs": [c.as_dict() for c in checks], **usage}
     failures = [msg for c in checks for msg in c.failures] + failures
     return report, [f"{runner.backend}: {msg}" for msg in failures]
 
 
 OTHER_BATCH = 5  # the golden batches hold 8: a second arrangement gives every text other batch-mates and padding
+# The length sweep: one input of every length up to SWEEP_DENSE tokens, then every 8th up to the max length. Runtimes
+# pick kernels by shape, and one can be wrong at one shape only: OpenVINO 2026.4 ran an int8 model with a bf16 hint
+# wrong at exactly 32 tokens in a batch of one (cosine 0.85; 0.998 at 31 and 33), which no golden text hit.
+SWEEP_DENSE = 130
+SWEEP_STEP = 8
+
+
+def sweep_lengths(max_length: int) -> list[int]:
+    """The sequence lengths the length sweep runs: 3 (two special tokens and one more) to max_length."""
+    dense = range(3, min(max_length, SWEEP_DENSE) + 1)
+    sparse = range(SWEEP_DENSE + SWEEP_STEP, max_length + 1, SWEEP_STEP)
+    return sorted(set(dense) | set(sparse) | ({max_length} if max_length >= 3 else set()))
+
+
+def sweep_feeds(feeds: Feeds, max_length: int) -> Feeds:
+    """One [1, L] input per sweep length, made of the golden texts' own tokens: the first golden text's first and
+    last tokens (the special tokens) around the other tokens of every golden text, repeated as needed."""
+    alone, _ = arrangements(feeds, 0)
+    first = alone[0]
+    names = list(first)
+    inner = np.concatenate([a["input_ids"][0, 1:-1] for a in alone if a["input_ids"].shape[1] > 2])
+    inner = np.tile(inner, max_length // max(len(inner), 1) + 1)
+    out = []
+    for length in sweep_lengths(max_length):
+        ids = np.concatenate([first["input_ids"][0, :1], inner[: length - 2], first["input_ids"][0, -1:]])[None, :]
+        feed = {n: np.zeros_like(ids) for n in names}
+        feed["input_ids"] = ids.astype(np.int64)
+        feed["attention_mask"] = np.ones_like(ids)
+        out.append(feed)
+    return out
+
+
+def read_sweep(root: Path) -> np.ndarray | None:
+    """The reference vectors of the length sweep from golden.npz (None for artifacts made before it existed)."""
+    with np.load(root / artifact.GOLDEN, allow_pickle=False) as data:
+        return data["sweep.ref"] if "sweep.ref" in data.files else None
 
 
 def arrangements(feeds: Feeds, pad_id: int) -> tuple[Feeds, Feeds]:
@@ -88,12 +125,15 @@ def arrangements(feeds: Feeds, pad_id: int) -> tuple[Feeds, Feeds]:
 
 def usage_checks(
     runner: Runner, manifest: dict[str, Any], feeds: Feeds, refs: Feeds, gots: Feeds, texts: list[str],
-    tolerance: Tolerance,
+    tolerance: Tolerance, sweep_refs: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Each golden text's vector (fidelity.text_vectors) in the golden batch, alone, and among other batch-mates.
+    """Each golden text's vector (fidelity.text_vectors) in the golden batch, alone, and among other batch-mates; and
+    with `sweep_refs`, one input of every sweep length.
 
     tail: the lowest per-text cosines against the reference over the three arrangements; batch_invariance: the lowest
-    cosine between a text alone and the same text batched. Failures against min_text_cosine and min_batch_cosine."""
+    cosine between a text alone and the same text batched; length_sweep: the lowest cosine over the lengths. Failures
+    against min_text_cosine and min_batch_cosine, and, for embedding tasks, a sweep length below min_text_cosine (or
+    the recipe's per-sample floor)."""
     task, outputs = manifest["task"]["name"], manifest["signature"]["outputs"]
 
     def vectors(feed_list: Feeds, out_list: Feeds) -> list[np.ndarray]:
@@ -119,6 +159,18 @@ def usage_checks(
         i = int(invariance.argmin())
         failures.append(f"a text alone vs in a batch: cosine {invariance[i]:.6f} < {tolerance.min_batch_cosine} "
                         f"(text {texts[i]!r}): outputs depend on batch-mates and padding")
+    if sweep_refs is not None:
+        sweep = sweep_feeds(feeds, int(manifest["tokenizer"]["max_length"]))
+        got = [text_vectors(task, outputs, runner.run(f), f["attention_mask"], pooled=True)[0] for f in sweep]
+        cos = cosines(got, list(sweep_refs))
+        worst = int(cos.argmin())
+        length = sweep[worst]["input_ids"].shape[1]
+        report["length_sweep"] = {"lengths": len(sweep), "longest": sweep[-1]["input_ids"].shape[1],
+                                  "cosine_min": float(cos.min()), "worst_length": length}
+        limit = tolerance.min_text_cosine if tolerance.min_text_cosine is not None else tolerance.min_cosine
+        if task in ("feature-extraction", "sentence-embedding") and cos.min() < limit:
+            failures.append(f"length sweep: cosine {cos.min():.6f} < {limit} at {length} tokens in a batch of one "
+                            "(the runtime computes that shape wrongly)")
     return report, failures
 
 
@@ -133,13 +185,14 @@ def verify(path: str | Path, backends: list[str] | None = None, threads: int | N
     manifest = artifact.read_manifest(root)
     artifact.check_files(root, manifest)
     feeds, refs, texts, pairs = read_golden(root, manifest)
+    sweep_refs = read_sweep(root)
     report: dict[str, Any] = {}
     failures: list[str] = []
     for i, name in enumerate(backends or list(manifest["backends"])):
         model = load(root, backend=name, threads=threads)
         if i == 0:
             failures += tokenizer_failures(model.tokenizer, texts, pairs, feeds)
-        report[name], failed = backend_checks(model.runner, manifest, feeds, refs, texts)
+        report[name], failed = backend_checks(model.runner, manifest, feeds, refs, texts, sweep_refs)
         failures += failed
     if failures:
         raise FidelityError(failures)

@@ -11,7 +11,7 @@ from bertship.exporter import export, golden, package
 from bertship.runtimes import artifact, load, verify
 from bertship.runtimes.errors import FidelityError
 from bertship.runtimes.fidelity import Tolerance, cosines, text_vectors
-from bertship.runtimes.verify import arrangements, usage_checks
+from bertship.runtimes.verify import arrangements, sweep_feeds, sweep_lengths, usage_checks
 from tests import tiny
 
 
@@ -83,6 +83,45 @@ def test_usage_checks_catch_batch_dependence():
     assert any("--min-cosine" in f for f in failures)  # alone, the first text differs from its batched reference
 
 
+class _Hashing:
+    """A deterministic 'model': a vector from the ids; wrong at one sequence length if asked to be."""
+
+    backend, precision = "fake", "fp32"
+
+    def __init__(self, wrong_at: int | None = None):
+        self.wrong_at = wrong_at
+
+    def run(self, feeds):
+        ids = feeds["input_ids"].astype(np.float64)
+        vec = np.stack([ids.sum(1), (ids % 7).sum(1), np.full(len(ids), ids.shape[1])], axis=1)
+        if ids.shape[1] == self.wrong_at:
+            vec = vec[:, ::-1]
+        return {"sentence_embedding": vec}
+
+
+def test_length_sweep_covers_every_length_and_catches_one_wrong_shape():
+    assert sweep_lengths(40) == list(range(3, 41))
+    assert sweep_lengths(256)[:3] == [3, 4, 5] and 130 in sweep_lengths(256) and 131 not in sweep_lengths(256)
+    assert sweep_lengths(256)[-1] == 256 and 138 in sweep_lengths(256)
+    ids = np.array([[101, 7, 8, 9, 102], [101, 11, 102, 0, 0]])
+    feed = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64), "token_type_ids": np.zeros_like(ids)}
+    sweep = sweep_feeds([feed], 40)
+    assert [f["input_ids"].shape[1] for f in sweep] == list(range(3, 41))
+    assert all(f["input_ids"][0, 0] == 101 and f["input_ids"][0, -1] == 102 for f in sweep)
+    manifest = {"task": {"name": "sentence-embedding"}, "tokenizer": {"pad_id": 0, "max_length": 40},
+                "signature": {"outputs": [{"name": "sentence_embedding", "axes": ["batch", "hidden"]}]}}
+    good = _Hashing()
+    refs = np.stack([good.run(f)["sentence_embedding"][0] for f in sweep])
+    tol = Tolerance(None, 0.99)
+    gots = [good.run(feed)]
+    report, failures = usage_checks(good, manifest, [feed], gots, gots, ["a b c", "x"], tol, refs)
+    assert failures == [] and report["length_sweep"]["lengths"] == 38
+    bad = _Hashing(wrong_at=32)
+    report, failures = usage_checks(bad, manifest, [feed], gots, gots, ["a b c", "x"], tol, refs)
+    assert report["length_sweep"]["worst_length"] == 32
+    assert any("length sweep" in f and "at 32 tokens" in f for f in failures)
+
+
 # --- the gate ---------------------------------------------------------------------------------------------------------
 
 def test_export_reports_the_tail_and_invariance_everywhere(task_artifact, capsys):
@@ -93,6 +132,8 @@ def test_export_reports_the_tail_and_invariance_everywhere(task_artifact, capsys
         assert rep["tail"]["cosine_min"] <= rep["tail"]["cosine_p1"] <= rep["tail"]["cosine_mean"]
         assert len(rep["tail"]["worst"]) == 5
         assert rep["batch_invariance"]["cosine_min"] > 0.9999  # fp32: the same vector alone and batched
+        assert rep["length_sweep"]["longest"] == manifest["tokenizer"]["max_length"]
+        assert rep["length_sweep"]["cosine_min"] > 0.9999
     assert manifest["fidelity"]["tolerance"]["min_batch_cosine"] == 0.999
     assert "alone vs batched" in (art / "report.md").read_text()
     assert main(["verify", str(art)]) == 0
