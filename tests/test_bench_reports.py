@@ -1,10 +1,10 @@
-"""Report logic of the sparsity and frontier benchmarks on synthetic timings (the benchmarks themselves run in bench/)."""
+"""Report logic of the sparsity and frontier benchmarks on synthetic timings (the benchmarks themselves run from benchmarks/)."""
 
 from __future__ import annotations
 
 import argparse
 
-from bertship.bench import frontier, sparsity
+from benchmarks import frontier, sparsity
 
 
 def _latency(variant, recipe, backend, session, ms):

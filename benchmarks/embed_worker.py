@@ -1,6 +1,6 @@
 """Embed a text file with one variant in this process, the way an app does, timed; torch-free.
 
-    python -m bertship.bench.embed_worker --model ART --backend B --tokenizer-from ART --texts FILE --vectors-out P
+    python -m benchmarks.embed_worker --model ART --backend B --tokenizer-from ART --texts FILE --vectors-out P
 
 A bertship artifact runs through `load(ART).embed(texts, batch_size=32)`; a stock tool's .onnx/.xml file through the
 same batching (texts sorted by length, 32 at a time, each batch padded to its longest), mean-pooled and normalized as
@@ -22,7 +22,7 @@ from bertship.profiles.machine import peak_rss_mb
 from bertship.runtimes import artifact, backends, load, tasks
 from bertship.runtimes.tokenizer import TextEncoder
 
-from .procload import LoadWatch
+from bertship.bench.procload import LoadWatch
 
 BATCH = 32
 
@@ -55,7 +55,7 @@ def _file_embedder(path: Path, backend: str, tok_from: Path, threads: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bertship.bench.embed_worker")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.embed_worker")
     p.add_argument("--model", required=True, type=Path, help="artifact directory, or an .onnx / .xml file")
     p.add_argument("--backend", required=True)
     p.add_argument("--tokenizer-from", type=Path, default=None, help="for a bare model file: an artifact's tokenizer")

@@ -1,6 +1,6 @@
 """What embedding the runtime costs an app: installed size, import time, cold load time and peak memory.
 
-    python -m bertship.bench.runtime_footprint ARTIFACT --out bench/results
+    python -m benchmarks.runtime_footprint ARTIFACT --out benchmarks/results
 
 Measures the installed size of the dependency closure of `bertship[runtime]` against `bertship[all]` (the bytes of
 every file each installed distribution lists in its RECORD), `import bertship.runtimes` time, and per backend the
@@ -91,7 +91,7 @@ def worker(art: str, backend: str) -> dict[str, Any]:
 
 
 def _fresh(args: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bertship.bench.runtime_footprint", *args]
+    cmd = [sys.executable, "-m", "benchmarks.runtime_footprint", *args]
     # Outside the checkout: a stale bertship.egg-info there would shadow the installed metadata.
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
     if proc.returncode != 0:
@@ -119,7 +119,7 @@ def measure(art: str, backends: list[str], runs: int) -> dict[str, Any]:
     manifest = json.loads((Path(art) / "manifest.json").read_text())
     return {
         "benchmark": "runtime_footprint",
-        "command": "python -m bertship.bench.runtime_footprint " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.runtime_footprint " + " ".join(sys.argv[1:]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpu": cpu_info(), "python": sys.version.split()[0]},
         "artifact": {"path": art, "task": manifest["task"]["name"], "recipe": manifest.get("recipe", {}).get("name"),
@@ -163,10 +163,10 @@ def markdown(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure and write runtime_footprint.json and runtime_footprint.md (or run one fresh-process probe)."""
-    parser = argparse.ArgumentParser(prog="python -m bertship.bench.runtime_footprint",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.runtime_footprint",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("artifact", nargs="?")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--backends", default="onnxruntime,openvino")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per measurement (default: %(default)s)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -1,13 +1,13 @@
 """Embedding recipes as apps use them: speed against sentence-transformers and the per-text tail, in one run.
 
     pip install -e '.[all,anchors]'
-    python -m bertship.bench.embed_fidelity --out bench/results
+    python -m benchmarks.embed_fidelity --out benchmarks/results
 
 1. Texts nobody tuned on: the MR test split and a seeded sample of the Amazon review snippets (both from the
    vaderSentiment 3.3.2 sdist on PyPI). The recipes calibrate on bertship's bundled text, or (one variant) on the MR
    dev split: never on the texts reported.
 2. Baseline: sentence-transformers `encode` (torch fp32, batch 32) = 1.0x; its vectors are the reference.
-3. Every variant embeds the texts in its own process (bench/embed_worker.py): `load(ART).embed(texts,
+3. Every variant embeds the texts in its own process (benchmarks/embed_worker.py): `load(ART).embed(texts,
    batch_size=32)` for bertship, the same batching for the stock tools' files; each text also alone. Per variant:
    sentences/s as a ratio to sentence-transformers measured in the same run, per-text cosine (the lower of batched
    and alone) mean / 1st percentile / min, alone-vs-batched min, and the 20 worst texts.
@@ -139,11 +139,11 @@ def measure(variants: dict[str, tuple[Path, str]], texts_file: Path, texts: list
             _log(f"pass {p + 1}/{passes}: {name}")
             vec = WORK / "vec"
             if name.startswith("sentence-transformers"):
-                cmd = [sys.executable, "-m", "bertship.exporter.baselines", str(default_model_path()), "--encode",
+                cmd = [sys.executable, "-m", "benchmarks.baselines", str(default_model_path()), "--encode",
                        str(texts_file), "--vectors-out", str(ref_file), "--threads", "2", "--rounds", "2"]
             else:
                 path, backend = variants[name]
-                cmd = [sys.executable, "-m", "bertship.bench.embed_worker", "--model", str(path), "--backend", backend,
+                cmd = [sys.executable, "-m", "benchmarks.embed_worker", "--model", str(path), "--backend", backend,
                        "--tokenizer-from", str(tok_from), "--texts", str(texts_file), "--vectors-out", str(vec)]
             r = run(cmd)
             if name in results:
@@ -171,7 +171,7 @@ def measure(variants: dict[str, tuple[Path, str]], texts_file: Path, texts: list
 
 def classifier_accuracy(data: dict[str, list[tuple[str, int]]]) -> dict[str, Any]:
     """The MR classifier under each recipe: accuracy on the test split, as % of fp32 (in this process: not timed)."""
-    from bertship.exporter.baselines import finetune
+    from benchmarks.baselines import finetune
     from bertship.runtimes import load
     from bertship.runtimes.evaluate import evaluate, read_eval_data
 
@@ -194,8 +194,8 @@ def classifier_accuracy(data: dict[str, list[tuple[str, int]]]) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bertship.bench.embed_fidelity", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.embed_fidelity", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--report-only", action="store_true", help="re-render the .md and .png from the JSON in --out")
     args = parser.parse_args(argv)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "embed_fidelity.md").write_text(markdown(results))
         plot(results, args.out / "embed_fidelity.png")
         return 0
-    from bertship.exporter.anchors import build_anchors
+    from benchmarks.anchors import build_anchors
     from bertship.exporter.calibration import read_texts
     from bertship.exporter.load import default_model_path
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             emb[name]["groups"] = next(iter(manifest.get("fallback", {}).values()), {}).get("groups")
     results = {
         "benchmark": "embed_fidelity", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python -m bertship.bench.embed_fidelity " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.embed_fidelity " + " ".join(argv or sys.argv[1:]),
         "machine": cpu_info(), "packages": package_versions(("onnxruntime", "openvino", "nncf", "torch",
                                                               "sentence-transformers")),
         "threads": 2, "texts": {"mr_test": len(data["test"]), "amazon": AMAZON},

@@ -1,6 +1,6 @@
 """The foundation benchmark: export the bundled MiniLM, then time what the artifact gives against PyTorch.
 
-    python -m bertship.bench.foundation --out bench/results
+    python -m benchmarks.foundation --out benchmarks/results
 
 Measures, each step in its own process: `bertship export` wall time and peak RSS, `bertship verify` wall time,
 `import bertship.runtimes` time, artifact sizes and parity (from the manifest), and latency of PyTorch eager fp32,
@@ -23,7 +23,7 @@ from typing import Any
 
 from bertship.profiles import cpu_info
 
-from .stats import summarize
+from bertship.bench.stats import summarize
 
 
 def timed_process(cmd: list[str]) -> dict[str, Any]:
@@ -50,8 +50,8 @@ def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bertship.bench.foundation", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.foundation", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", nargs="+", default=["1x128", "8x128"])
     parser.add_argument("--iters", type=int, default=20)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = manifest["source"]["path"]
 
     variants = {
-        "pytorch eager fp32": [py, "-m", "bertship.exporter.baselines", model_dir],
+        "pytorch eager fp32": [py, "-m", "benchmarks.baselines", model_dir],
         "onnxruntime fp32": [py, "-m", "bertship.bench.worker", str(art), "--backend", "onnxruntime"],
         "openvino f32": [py, "-m", "bertship.bench.worker", str(art), "--backend", "openvino"],
     }
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     files = {f["path"]: f["bytes"] for f in manifest["files"]}
     results = {
         "benchmark": "foundation",
-        "command": "python -m bertship.bench.foundation " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.foundation " + " ".join(argv or sys.argv[1:]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpu": cpu_info(), "python": manifest["environment"]["python"],
                     "packages": manifest["environment"]["packages"]},
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "foundation.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "foundation.md").write_text(markdown(results))
     try:
-        from .plots import latency_distribution
+        from bertship.bench.plots import latency_distribution
 
         latency_distribution({n: r["samples_ms"] for n, r in runs.items()}, args.out / "foundation.png",
                              f"all-MiniLM-L6-v2, {args.threads} threads — {results['machine']['cpu']['model']}")

@@ -1,6 +1,6 @@
 """Score and time one model file in this process (torch-free): a bertship artifact or a stock tool's ONNX/IR file.
 
-    python -m bertship.bench.quant_worker --model FILE --backend B --tokenizer-from ART --data test.tsv [--texts FILE]
+    python -m benchmarks.quant_worker --model FILE --backend B --tokenizer-from ART --data test.tsv [--texts FILE]
 
 Accuracy on labelled data (classification logits) or sentence embeddings on texts (pooled and normalized here when
 the model outputs token states), then p50 latency at b1 on real sentence lengths and at b1/b8 x 128 tokens. One JSON
@@ -21,7 +21,7 @@ import numpy as np
 from bertship.runtimes import artifact, backends
 from bertship.runtimes.tokenizer import TextEncoder
 
-from .procload import LoadWatch
+from bertship.bench.procload import LoadWatch
 
 from bertship.profiles.machine import peak_rss_mb
 
@@ -43,7 +43,7 @@ def _median(xs: list[float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bertship.bench.quant_worker")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quant_worker")
     p.add_argument("--model", required=True, help="artifact directory, or an .onnx / .xml file")
     p.add_argument("--backend", required=True)
     p.add_argument("--tokenizer-from", required=True, help="artifact whose tokenizer.json and spec to use")

@@ -1,6 +1,6 @@
 """Sparsity benchmark: does compaction turn removed work into speed, and what do kept zeros give?
 
-    python -m bertship.bench.sparsity --out bench/results
+    python -m benchmarks.sparsity --out benchmarks/results
 
 The bundled all-MiniLM-L6-v2 with --heads and --ffn of its heads and FFN neurons zeroed (weight magnitude, global
 ranking: layers keep different counts) is exported three ways under the same recipe — dense (the original),
@@ -31,8 +31,8 @@ from typing import Any
 
 from bertship.profiles import cpu_info
 
-from . import op_profile
-from .stats import summarize
+from bertship.bench import op_profile
+from bertship.bench.stats import summarize
 
 BUILDS = (("fp32", "onnxruntime"), ("fp32", "openvino"), ("int8-dynamic", "onnxruntime"), ("int8-static", "openvino"))
 # (recipe, backend, session setting, --runtime JSON for bench.worker): every build as bertship runs it, and ONNX
@@ -123,8 +123,8 @@ def _sizes(art: Path, work: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Build, export, time and size every variant; write sparsity.json, .md and .png to --out."""
-    parser = argparse.ArgumentParser(prog="python -m bertship.bench.sparsity", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sparsity", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--heads", default="50%")
     parser.add_argument("--ffn", default="50%")
     parser.add_argument("--ranking", default="global")
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     op_profiles = profile_ops(arts, args, log)
     results = {
         "benchmark": "sparsity",
-        "command": "python -m bertship.bench.sparsity " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.sparsity " + " ".join(argv if argv is not None else sys.argv[1:]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpu": cpu_info()},
         "settings": vars(args) | {"out": str(args.out)},

@@ -1,11 +1,11 @@
 """Accuracy/speed frontier of structured pruning: the MR classifier pruned at several levels, recovered, compacted, int8.
 
-    python -m bertship.bench.frontier --out bench/results
+    python -m benchmarks.frontier --out benchmarks/results
 
 Each level: `bertship prune` (gradient importance on a train subset, then a recovery fine-tune on the whole train split,
 distilling from the unpruned classifier unless --no-distill), then `bertship export --compact` twice: int8-dynamic on
 ONNX Runtime and int8-static (nncf) on OpenVINO. The dense baselines are the quantization benchmark's artifacts (run
-it first). Every variant is scored on the test split and timed by bench/quant_worker.py in its own process; each
+it first). Every variant is scored on the test split and timed by benchmarks/quant_worker.py in its own process; each
 pruned model is compared with the fastest dense int8 artifact (the aim: >= 2x faster within 1.5 points).
 Writes frontier.json, frontier.md and frontier.png.
 """
@@ -36,8 +36,8 @@ def _run(cmd: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bertship.bench.frontier", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p = argparse.ArgumentParser(prog="python -m benchmarks.frontier", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--levels", type=int, nargs="+", default=[30, 50, 60, 70])
     p.add_argument("--recover-steps", type=int, default=800)
     p.add_argument("--train-rows", type=int, default=2048, help="rows the importance scores are computed on")
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
              "dense int8-static (OpenVINO)": (q / "bertship_int8-static_(nncf)", "openvino"),
              "dense fp32 (ORT)": (q / "bertship_fp32", "onnxruntime")}
     if not clf.exists() or not all((d / "manifest.json").exists() for d, _ in dense.values()):
-        raise SystemExit("run python -m bertship.bench.quantization first (it fine-tunes and exports the dense model)")
+        raise SystemExit("run python -m benchmarks.quantization first (it fine-tunes and exports the dense model)")
     WORK.mkdir(parents=True, exist_ok=True)
     data = split()
     train = WORK / "train.tsv"
@@ -103,7 +103,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, seconds: float, ar
     best_name = min(dense8, key=lambda n: dense8[n]["p50_ms"]["8x128"])
     best = dense8[best_name]
     lines = [f"Machine: {cpu_info()['model']} (2 threads); {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}; "
-             f"`python -m bertship.bench.frontier {' '.join(argv if argv is not None else sys.argv[1:])}` "
+             f"`python -m benchmarks.frontier {' '.join(argv if argv is not None else sys.argv[1:])}` "
              f"({seconds / 60:.0f} min)", "",
              f"Pruning: gradient importance (Michel et al.) on {args.train_rows} train sentences, global ranking; "
              f"recovery {args.recover_steps} steps of 32 on the 8,454-sentence train split, lr {args.lr:g}, "

@@ -1,6 +1,6 @@
 """How often does `bertship check --baseline` cry wolf, and how often does it catch a real slowdown?
 
-    python -m bertship.bench.noise_rates --trials 20 --out bench/results
+    python -m benchmarks.noise_rates --trials 20 --out benchmarks/results
 
 Each trial measures a fresh baseline and then runs the same check `bertship check --baseline` runs (confirmation by
 re-measuring included), through the library:
@@ -30,9 +30,9 @@ from typing import Any
 from bertship.profiles import load_profile
 from bertship.profiles.schema import Profile
 
-from .check import check
-from .progress import Progress
-from .run import bench
+from bertship.bench.check import check
+from bertship.bench.progress import Progress
+from bertship.bench.run import bench
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -125,7 +125,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bertship.bench.noise_rates", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.noise_rates", description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", default=None, help="default: export the bundled MiniLM (fp32, onnxruntime)")
     parser.add_argument("--slowdown", choices=["threads", "artifact"], default="threads")
     parser.add_argument("--slow-artifact", default=None, help="--slowdown artifact: the slower artifact to check")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--trials", type=int, default=20, help="trials of each kind")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     if args.slowdown == "artifact" and not args.slow_artifact:
         parser.error("--slowdown artifact needs --slow-artifact")
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cpu = cpu_info()
     result = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "command": "python -m bertship.bench.noise_rates " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": "python -m benchmarks.noise_rates " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": f"{cpu['model']} ({cpu['arch']}, {cpu['cores']} cores)",
               "load_average": {"before": load_before, "after": os.getloadavg()},
               "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"shapes": list(args.shapes)},

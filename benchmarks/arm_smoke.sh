@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# aarch64 smoke test of the torch-free runtime under qemu-user: bench/arm_smoke.sh ARTIFACT [WORKDIR]
+# aarch64 smoke test of the torch-free runtime under qemu-user: benchmarks/arm_smoke.sh ARTIFACT [WORKDIR]
 #
 # Functional only: latency under emulation means nothing and is never printed. Checks, on an emulated ARM core
 # (QEMU_CPU, default cortex-a76; cortex-a53 has no dotprod), that `bertship profiles show mobile-arm` judges the
@@ -10,7 +10,7 @@
 # There is no binfmt_misc here, so an emulated process cannot start emulated children: the worker is run directly
 # instead of through `bertship bench`.
 set -euo pipefail
-ART=$(realpath "${1:?usage: bench/arm_smoke.sh ARTIFACT [WORKDIR]}")
+ART=$(realpath "${1:?usage: benchmarks/arm_smoke.sh ARTIFACT [WORKDIR]}")
 WORK=${2:-/tmp/bertship-arm}
 CPU=${QEMU_CPU:-cortex-a76}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,7 +45,7 @@ if [ ! -d site/onnxruntime ]; then
 fi
 # bertship itself, built from this checkout as a wheel (so the profiles' package data is what a user installs)
 rm -rf src wheels site/bertship && mkdir -p src wheels
-(cd "$SRC" && tar --exclude=.git --exclude=bench/.cache --exclude=bench/results --exclude=__pycache__ \
+(cd "$SRC" && tar --exclude=.git --exclude=benchmarks/.cache --exclude=benchmarks/results --exclude=__pycache__ \
   --exclude='*.egg-info' --exclude=build -cf - .) | tar -xf - -C src
 (cd src && pip wheel -q --no-deps . -w ../wheels >../pip.log 2>&1) && pip install -q --no-deps --target site \
   wheels/bertship-*.whl >pip.log 2>&1 || { cat pip.log; exit 1; }

@@ -1,4 +1,4 @@
-"""Table and plot of bench/quantization.py results (numbers stay raw floats until here)."""
+"""Table and plot of benchmarks/quantization.py results (numbers stay raw floats until here)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def markdown(r: dict[str, Any]) -> str:
     cpu = r["machine"]
     lines = [f"Machine: {cpu['model']} ({cpu['arch']}, {cpu['cores']} cores; {' '.join(cpu['flags'])}), "
              f"{r['threads']} threads; {r['created']}; `{r['command']}` ({r['minutes']:.0f} min).", "",
-             "Classifier: all-MiniLM-L6-v2 fine-tuned on the MR train split (exporter/baselines.py `finetune`); test split "
+             "Classifier: all-MiniLM-L6-v2 fine-tuned on the MR train split (benchmarks/baselines.py `finetune`); test split "
              f"{len(r.get('test', [])) or 1057} sentences. p50 over two interleaved passes, each variant in its own process"
              + _load_note(r) + ".",
              "", "| variant | backend | accuracy | % of fp32 | b1 real len ms | b1×128 ms | b8×128 ms | "

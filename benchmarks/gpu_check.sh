@@ -2,7 +2,7 @@
 # GPU checks on an NVIDIA machine, torch-free: the GPU tests and the gpu profile's latency on a real artifact.
 #
 #   pip install onnxruntime-gpu && pip install -e . --no-deps     # the runtime; no exporter stack needed there
-#   bench/gpu_check.sh TINY_ARTIFACT FP16_ARTIFACT OUT_DIR
+#   benchmarks/gpu_check.sh TINY_ARTIFACT FP16_ARTIFACT OUT_DIR
 #
 # TINY_ARTIFACT: an artifact of the test suite's tiny BERT, exported on any machine (the tests' tiny_artifact fixture;
 # BERTSHIP_TINY_ARTIFACT points the fixture at it). FP16_ARTIFACT: e.g. `bertship export --recipe fp16 --backends

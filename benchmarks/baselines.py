@@ -1,6 +1,6 @@
 """PyTorch baselines that benchmarks compare artifacts against: they need torch, so they live beside the exporter.
 
-    python -m bertship.exporter.baselines MODEL_DIR --shapes 1x128 8x128 --threads 2    # eager fp32 timing, JSON out
+    python -m benchmarks.baselines MODEL_DIR --shapes 1x128 8x128 --threads 2    # eager fp32 timing, JSON out
 
 `finetune` makes the real classifier the quantization benchmark judges recipes on; `sentence_transformers_encoder`
 is the embedding path users have today. The benchmarks (bench/, torch-free where they time artifacts) call these in
@@ -112,7 +112,7 @@ def encode_timed(model_dir: Path, texts_file: Path, vectors_out: Path, threads: 
 def main(argv: list[str] | None = None) -> int:
     """PyTorch eager fp32 timing of a model folder in this process; the JSON of bench.worker on stdout. With
     --encode, sentence-transformers' encode of a text file instead (encode_timed)."""
-    parser = argparse.ArgumentParser(prog="python -m bertship.exporter.baselines")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.baselines")
     parser.add_argument("model_dir")
     parser.add_argument("--encode", type=Path, default=None, help="a text file: time sentence-transformers encode")
     parser.add_argument("--vectors-out", type=Path, default=None, help="with --encode: where the vectors go (.npy)")

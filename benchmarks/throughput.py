@@ -1,8 +1,8 @@
 """Real-text embedding throughput: bertship's runtime vs sentence-transformers, length-bucketed vs padded to 128.
 
-    python -m bertship.bench.throughput --out bench/results
+    python -m benchmarks.throughput --out benchmarks/results
 
-The dev + test MR sentences (2,114 real movie-review sentences, bench/mr_data.py), 2 threads, batch 32, each variant
+The dev + test MR sentences (2,114 real movie-review sentences, benchmarks/mr_data.py), 2 threads, batch 32, each variant
 in its own process, two interleaved passes (the faster pass counts). sentence-transformers' `encode` (torch fp32, it
 sorts by length too) is the baseline the user has today, and its embeddings are the reference for cosine.
 Writes throughput.json and throughput.md.
@@ -53,7 +53,7 @@ def worker(name: str, texts_path: Path, vectors_out: Path, threads: int) -> dict
     texts = [t for t in texts_path.read_text(encoding="utf-8").splitlines() if t]
     recipe, backend, padded = VARIANTS[name]
     if recipe is None:  # the user's baseline needs torch: it comes from the exporter's baselines
-        from bertship.exporter.baselines import sentence_transformers_encoder
+        from benchmarks.baselines import sentence_transformers_encoder
         from bertship.exporter.load import default_model_path
 
         encode = sentence_transformers_encoder(default_model_path(), threads)
@@ -97,8 +97,8 @@ def build() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bertship.bench.throughput", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in order:
             print(f"[bench] pass {pass_ + 1}/{args.passes}: {name}", file=sys.stderr, flush=True)
             vec = WORK / f"vectors-{list(VARIANTS).index(name)}.npy"
-            res = subprocess.run([sys.executable, "-m", "bertship.bench.throughput", "--worker", name, "--vectors",
+            res = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--worker", name, "--vectors",
                                   str(vec), "--threads", str(args.threads)], capture_output=True, text=True)
             if res.returncode != 0:
                 raise SystemExit(res.stderr[-2000:])
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name].update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()))
     base = results["sentence-transformers encode (torch fp32)"]["sentences_per_s"]
     doc = {"benchmark": "throughput", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "command": "python -m bertship.bench.throughput " + " ".join(argv or sys.argv[1:]),
+           "command": "python -m benchmarks.throughput " + " ".join(argv or sys.argv[1:]),
            "machine": cpu_info(), "threads": args.threads, "results": results}
     lines = [f"Machine: {doc['machine']['model']} ({doc['machine']['cores']} cores; "
              f"{' '.join(doc['machine']['flags'])}), {args.threads} threads, batch 32; {doc['created']}; "
