@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -92,8 +93,12 @@ def worker(art: str, backend: str) -> dict[str, Any]:
 
 def _fresh(args: list[str]) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.runtime_footprint", *args]
-    # Outside the checkout: a stale bertship.egg-info there would shadow the installed metadata.
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    # Outside the checkout: a stale bertship.egg-info there would shadow the installed metadata. The worker module
+    # itself is found through PYTHONPATH.
+    from benchmarks import ROOT
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
