@@ -183,7 +183,7 @@ def ort_format(root: Path, entry: dict[str, Any], log: Callable[[str], None]) ->
     import numpy as np
 
     from bertship.runtimes.ort_runner import OrtRunner
-    from bertship.runtimes.verify import read_golden
+    from bertship.runtimes.verify import backend_checks, read_golden, read_sweep
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     onnx_path = root / entry["model"]
@@ -199,11 +199,16 @@ def ort_format(root: Path, entry: dict[str, Any], log: Callable[[str], None]) ->
             domain, opset, names = line.split(";")
             ops[f"{domain or 'ai.onnx'}:{opset}"] = sorted(names.split(","))
     manifest = artifact.read_manifest(root)
-    feeds, _, _, _ = read_golden(root, manifest)
-    a, b = OrtRunner(onnx_path), OrtRunner(ort_path)
+    feeds, refs, texts, _ = read_golden(root, manifest)
+    options = entry.get("options")
+    a, b = OrtRunner(onnx_path, None, options), OrtRunner(ort_path, None, options)
+    # The conversion applies the fusions for the target ahead of time (SkipLayerNormalization among them), so float
+    # rounding differs a little from the ONNX model's session, and int8-dynamic can move a value by a quantization
+    # step. What ships is the .ort file: it must pass the artifact's own gate against the PyTorch references.
     worst = max(float(np.abs(a.run(f)[k] - b.run(f)[k]).max()) for f in feeds for k in a.output_names)
-    if worst > 1e-4:
-        raise FidelityError([f"onnxruntime: the .ort model differs from the ONNX model by {worst:.3g}"],
+    _, failures = backend_checks(b, manifest, feeds, refs, texts, read_sweep(root))
+    if failures:
+        raise FidelityError([f"the .ort model: {f}" for f in failures],
                             "nothing was written; export the profile without model_format = \"ort\"")
     rel = ort_path.relative_to(root).as_posix()
     log(f"[bertship] ort      {rel}: ORT format for arm, {sum(len(v) for v in ops.values())} operator types "

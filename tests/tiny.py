@@ -123,8 +123,8 @@ def save(family: str, task: str, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def save_outlier(folder: Path) -> Path:
-    """A tiny BERT with a planted outlier channel: one FFN neuron per layer always on at ~300 (like the outlier
+def save_outlier(folder: Path, level: float = 300.0) -> Path:
+    """A tiny BERT with a planted outlier channel: one FFN neuron per layer always on at ~`level` (like the outlier
     channels of trained BERTs), its own weight into the residual stream nearly zero, the others' weights enlarged so
     the FFN matters. One activation scale per tensor then leaves the other neurons a few int8 steps each."""
     import torch
@@ -132,7 +132,7 @@ def save_outlier(folder: Path) -> Path:
     model, tokenizer = build("bert", "feature-extraction")
     with torch.no_grad():
         for layer in model.encoder.layer:
-            layer.intermediate.dense.bias[5] = 300.0
+            layer.intermediate.dense.bias[5] = level
             layer.output.dense.weight *= 4.0
             layer.output.dense.weight[:, 5] *= 0.0002
     model.save_pretrained(folder)
