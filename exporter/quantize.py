@@ -8,7 +8,6 @@ onnxruntime.transformers for ONNX Runtime, openvino and nncf for OpenVINO.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +16,7 @@ import numpy as np
 
 from bertship.runtimes.backends import BACKENDS
 
-from . import qdq
+from . import onnxio, qdq
 from .recipes import Recipe, with_params
 
 ORT_MODEL = BACKENDS["onnxruntime"].model_file
@@ -53,6 +52,7 @@ class BuildContext:
     exclude: tuple[str, ...] = ()
     work: Path | None = None  # where int8-mixed keeps its all-int8 models between trials (default: staging/_work)
     fixed_params: tuple[str, ...] = ()  # recipe parameters the user set: int8-mixed does not vary them
+    external_data: str = "auto"  # onnxio.MODES: where ONNX Runtime models keep their weights
 
 
 def _ort_source(ctx: BuildContext) -> Path:
@@ -60,8 +60,19 @@ def _ort_source(ctx: BuildContext) -> Path:
 
 
 def _ort_entry(ctx: BuildContext, **build: Any) -> dict[str, Any]:
-    return {"model": ORT_MODEL, "files": [ORT_MODEL], "options": {"precision": ORT_PRECISION[ctx.recipe.name]},
-            "build": {"graph": ctx.ort_graph, **build}}
+    """The manifest entry of the model a handler wrote, its weights first settled inline or in one data file."""
+    target = onnxio.settle(ctx.staging / ORT_MODEL, ctx.external_data)
+    files = [p.relative_to(ctx.staging).as_posix() for p in onnxio.files(target)]
+    entry = {"model": ORT_MODEL, "files": files, "options": {"precision": ORT_PRECISION[ctx.recipe.name]},
+             "build": {"graph": ctx.ort_graph, **build}}
+    if len(files) > 1:
+        entry["external_data"] = files[1]
+    return entry
+
+
+def _external(ctx: BuildContext, source: Path | None = None) -> bool:
+    """Whether ONNX Runtime's tools should write external data: when asked to, or when their input had to."""
+    return ctx.external_data == "always" or bool(onnxio.external_files(source or _ort_source(ctx)))
 
 
 def _ort_target(ctx: BuildContext) -> Path:
@@ -71,14 +82,14 @@ def _ort_target(ctx: BuildContext) -> Path:
 
 
 def ort_fp32(ctx: BuildContext) -> dict[str, Any]:
-    shutil.copyfile(_ort_source(ctx), _ort_target(ctx))
+    onnxio.copy(_ort_source(ctx), _ort_target(ctx))
     return _ort_entry(ctx)
 
 
 def ort_qat(ctx: BuildContext) -> dict[str, Any]:
     import onnxruntime as ort
 
-    shutil.copyfile(ctx.plain_onnx, _ort_target(ctx))
+    onnxio.copy(ctx.plain_onnx, _ort_target(ctx))
     # What ONNX Runtime makes of the Q/DQ pairs at load is the point of QAT: count the integer kernels it chose.
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(ctx.staging / "_work" / "ort-optimized.onnx")
@@ -96,7 +107,7 @@ def ort_fp16(ctx: BuildContext) -> dict[str, Any]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(_ort_source(ctx))), keep_io_types=True)
-    onnx.save(model, str(_ort_target(ctx)))
+    onnxio.save(model, _ort_target(ctx), ctx.external_data)
     return _ort_entry(ctx, note="fp16 weights; the CPU provider runs many ops in fp32 behind casts: a size recipe on CPU")
 
 
@@ -109,13 +120,15 @@ def ort_int8_dynamic(ctx: BuildContext) -> dict[str, Any]:
     _check_names(_ort_source(ctx), ctx.exclude)
     quantize_dynamic(
         str(_ort_source(ctx)), str(_ort_target(ctx)), per_channel=True, reduce_range=reduce_range,
-        weight_type=QuantType.QInt8, nodes_to_exclude=list(ctx.exclude),
+        weight_type=QuantType.QInt8, nodes_to_exclude=list(ctx.exclude), use_external_data_format=_external(ctx),
         # the fused graph holds ORT contrib ops whose output types the quantizer cannot infer without a default
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     why = "x86 without VNNI" if reduce_range else "VNNI/AMX present or not x86"
     return _ort_entry(ctx, per_channel=True, weight_type="S8", activation_type="U8", reduce_range=reduce_range,
-                      reduce_range_reason=why)
+                      reduce_range_reason=why,
+                      activation_scale="one per padded batch (DynamicQuantizeLinear): a text's output depends on its "
+                                       "batch-mates and padding; ONNX Runtime has no per-row dynamic int8 MatMul")
 
 
 class _FeedReader:
@@ -142,7 +155,9 @@ def _ort_static(ctx: BuildContext, target: Path, exclude: tuple[str, ...]) -> di
     work.mkdir(parents=True, exist_ok=True)
     pre = work / "preprocessed.onnx"
     # symbolic shape inference fails on opset-17 exports; ONNX shape inference is enough for QDQ placement
-    quant_pre_process(str(_ort_source(ctx)), str(pre), skip_symbolic_shape=True)
+    big = _external(ctx)
+    quant_pre_process(str(_ort_source(ctx)), str(pre), skip_symbolic_shape=True, save_as_external_data=big,
+                      all_tensors_to_one_file=True, external_data_location=onnxio.data_file(pre).name)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     _check_names(pre, exclude)
@@ -156,7 +171,7 @@ def _ort_static(ctx: BuildContext, target: Path, exclude: tuple[str, ...]) -> di
         per_channel=params["per_channel"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         op_types_to_quantize=list(params["op_types"]), calibrate_method=methods[params["calibration_method"]],
         nodes_to_exclude=list(exclude),
-        extra_options={"CalibTensorRangeSymmetric": False},
+        extra_options={"CalibTensorRangeSymmetric": False}, use_external_data_format=big,
     )
     return _ort_static_record(ctx)
 
@@ -199,7 +214,7 @@ def ort_weight_only(ctx: BuildContext) -> dict[str, Any]:
     bits, block = ctx.recipe.params["bits"], ctx.recipe.params["block_size"]
     quantizer = MatMulNBitsQuantizer(onnx.load(str(_ort_source(ctx))), bits=bits, block_size=block, is_symmetric=True)
     quantizer.process()
-    quantizer.model.save_model_to_file(str(_ort_target(ctx)))
+    quantizer.model.save_model_to_file(str(_ort_target(ctx)), _external(ctx))
     return _ort_entry(ctx, op="MatMulNBits", bits=bits, block_size=block, symmetric=True)
 
 
@@ -279,7 +294,7 @@ def _mixed_full(ctx: BuildContext, backend: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         if backend == "onnxruntime":
             _ort_static(ctx, path, ())
-            shutil.copyfile(ctx.staging / "_work" / "preprocessed.onnx", _mixed_float(ctx, backend))
+            onnxio.copy(onnxio.settle(ctx.staging / "_work" / "preprocessed.onnx", "auto"), _mixed_float(ctx, backend))
         else:
             import openvino as ov
 
@@ -341,9 +356,7 @@ def routes(backend: str, recipe: Recipe, fixed: tuple[str, ...] = ()) -> list[Re
 
 
 def ort_int8_mixed(ctx: BuildContext) -> dict[str, Any]:
-    import onnx
-
-    onnx.save(_mixed_model("onnxruntime", ctx), str(_ort_target(ctx)))
+    onnxio.save(_mixed_model("onnxruntime", ctx), _ort_target(ctx), ctx.external_data)
     return _ort_entry(ctx, **_ort_static_record(ctx), float_groups=len(ctx.exclude))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import onnxio
 from .load import Source
 
 OPSET = 17
@@ -45,8 +46,9 @@ def pool(hidden, mask, mode: str, normalize: bool):
     return torch.nn.functional.normalize(emb, p=2.0, dim=1) if normalize else emb
 
 
-def to_onnx(source: Source, feeds: dict[str, np.ndarray], path: Path) -> Path:
-    """Trace the graph module on sample feeds and write an ONNX file whose batch and sequence axes are dynamic."""
+def to_onnx(source: Source, feeds: dict[str, np.ndarray], path: Path, external_data: str = "auto") -> Path:
+    """Trace the graph module on sample feeds and write an ONNX file whose batch and sequence axes are dynamic. Past
+    2 GB torch writes one file per tensor beside it; those become one `<path>.data` (onnxio.settle)."""
     import onnx
     import torch
 
@@ -68,4 +70,4 @@ def to_onnx(source: Source, feeds: dict[str, np.ndarray], path: Path) -> Path:
                 opset_version=OPSET, do_constant_folding=True, dynamo=False,
             )
     onnx.checker.check_model(str(path))
-    return path
+    return onnxio.settle(path, external_data)

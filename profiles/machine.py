@@ -118,3 +118,26 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak for peak_rss_mb() (Linux: writing 5 to /proc/self/clear_refs resets VmHWM to the current
+    RSS). False where that is not possible: peaks then run from the process start."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def available_memory_mb() -> float | None:
+    """Memory the kernel says a new allocation can get without swapping (MemAvailable), in MB; None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None

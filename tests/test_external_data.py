@@ -1,0 +1,172 @@
+"""Graphs whose weights live in an external-data file (what models past protobuf's 2 GB limit need), through every
+stage: export, fusions, each ONNX Runtime recipe, the gate, the manifest's checksums, verify, load, deploy, inspect.
+
+A 2 GB graph cannot be built in the suite on 2 cores; `--external-data always` forces the same path on a tiny model,
+and onnxio.LIMIT is lowered to make "auto" treat the tiny fp32 graph as too large for one file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from bertship.cli import main
+from bertship.exporter import export, onnxio
+from bertship.runtimes import artifact, deploy, load, verify
+from bertship.runtimes.errors import ArtifactError
+
+TEXTS = ["Why?", "An index built in batches and queries embedded one at a time must agree.", "ok"]
+
+
+def _inline_bytes(path) -> int:
+    """Tensor bytes stored inside the graph file itself."""
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(len(t.raw_data) for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL
+               and len(t.raw_data) >= onnxio.THRESHOLD)
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_folder):
+    return tiny_folder("bert", "feature-extraction")
+
+
+@pytest.fixture(scope="module")
+def inline(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("inline") / "art"
+    export(folder, out=out, task="sentence-embedding", backends="onnxruntime", log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def external(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("external") / "art"
+    export(folder, out=out, task="sentence-embedding", external_data="always", log=lambda _: None)
+    return out
+
+
+def test_external_artifact_carries_its_data_file_with_checksums(external, inline):
+    manifest = artifact.read_manifest(external)
+    entry = manifest["backends"]["onnxruntime"]
+    assert entry["files"] == ["onnxruntime/model.onnx", "onnxruntime/model.onnx.data"]
+    assert entry["external_data"] == "onnxruntime/model.onnx.data"
+    listed = {f["path"]: f for f in manifest["files"]}
+    data = external / "onnxruntime" / "model.onnx.data"
+    assert listed["onnxruntime/model.onnx.data"]["sha256"] == artifact.sha256_file(data)
+    # the weights really are outside the graph file: it holds none of their bytes, and the data file holds them all
+    graph = external / "onnxruntime" / "model.onnx"
+    assert onnxio.external_files(graph) == {data}
+    assert _inline_bytes(graph) == 0
+    whole = inline / "onnxruntime" / "model.onnx"
+    big = sum(len(t.raw_data) for t in onnx.load(str(whole)).graph.initializer if len(t.raw_data) >= onnxio.THRESHOLD)
+    assert big > 0 and data.stat().st_size >= big
+    assert graph.stat().st_size <= whole.stat().st_size - big + 4096  # the graph file shrank by the weights moved out
+    # nothing else was left beside the model (torch's per-tensor files, the work folder)
+    assert sorted(p.name for p in (external / "onnxruntime").iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert not (external / "_work").exists()
+    assert manifest["export_options"]["external_data"] == "always"
+
+
+def test_external_artifact_verifies_and_loads_to_the_same_vectors(external, inline):
+    verify(external)
+    a = load(external, backend="onnxruntime").embed(TEXTS)
+    b = load(inline, backend="onnxruntime").embed(TEXTS)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert main(["inspect", str(external)]) == 0
+
+
+def test_tampered_data_file_is_refused(external, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(external, copy)
+    data = copy / "onnxruntime" / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="model.onnx.data was changed"):
+        load(copy, backend="onnxruntime")
+    assert main(["verify", str(copy)]) == 5
+    assert "model.onnx.data was changed" in capsys.readouterr().err
+    data.unlink()
+    with pytest.raises(ArtifactError, match="model.onnx.data is missing"):
+        load(copy, backend="onnxruntime")
+
+
+def test_triton_repository_keeps_the_data_file_beside_the_model(external, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "triton"
+    deploy.triton(external, out)
+    version = next(p for p in out.rglob("model.onnx")).parent
+    assert (version / "model.onnx.data").is_file()
+    assert onnxio.external_files(version / "model.onnx") == {version / "model.onnx.data"}
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_outputs()[0].name == "sentence_embedding"
+
+
+@pytest.mark.parametrize("recipe", ["int8-dynamic", "int8-static", "int8-weight-only", "fp16"])
+def test_every_onnx_runtime_recipe_builds_from_and_into_external_data(folder, tmp_path, recipe):
+    out = tmp_path / recipe
+    export(folder, out=out, task="feature-extraction", backends="onnxruntime", recipe=recipe,
+           external_data="always", log=lambda _: None)
+    entry = artifact.read_manifest(out)["backends"]["onnxruntime"]
+    assert entry["files"] == ["onnxruntime/model.onnx", "onnxruntime/model.onnx.data"], recipe
+    assert _inline_bytes(out / "onnxruntime" / "model.onnx") == 0
+    verify(out)
+
+
+def test_auto_moves_a_large_graph_out_and_a_quantized_one_back_in(folder, tmp_path, monkeypatch):
+    """With the limit lowered between the int8 and the fp32 size, "auto" must keep the fp32 graph external and put the
+    int8 one back into a single file, as a 2.2 GB model and its 0.6 GB int8 version would be."""
+    plain = tmp_path / "probe"
+    export(folder, out=plain, task="feature-extraction", backends="onnxruntime", log=lambda _: None)
+    fp32_bytes = onnxio.tensor_bytes(onnx.load(str(plain / "onnxruntime" / "model.onnx")))
+    monkeypatch.setattr(onnxio, "MARGIN", 0)
+    monkeypatch.setattr(onnxio, "LIMIT", int(fp32_bytes * 0.6))  # int8 is about 0.3 of fp32: under; fp32: over
+    big = tmp_path / "fp32"
+    export(folder, out=big, task="feature-extraction", backends="onnxruntime", log=lambda _: None)
+    assert artifact.read_manifest(big)["backends"]["onnxruntime"]["files"][-1] == "onnxruntime/model.onnx.data"
+    small = tmp_path / "int8"
+    logs = []
+    export(folder, out=small, task="feature-extraction", backends="onnxruntime", recipe="int8-dynamic",
+           log=logs.append)
+    assert artifact.read_manifest(small)["backends"]["onnxruntime"]["files"] == ["onnxruntime/model.onnx"]
+    verify(big)
+    verify(small)
+    # every stage reports its peak memory, in the progress lines and the manifest
+    manifest = artifact.read_manifest(small)
+    assert set(manifest["peak_rss_mb"]) >= {"load", "export", "build", "verify"}
+    assert all(v > 50 for v in manifest["peak_rss_mb"].values())
+    assert any("peak RSS" in line and "GB" in line for line in logs)
+
+
+def test_settle_joins_per_tensor_files_into_one(tmp_path, inline):
+    """torch.onnx writes one file per tensor past 2 GB; settle() makes that one data file (or one inline graph)."""
+    src = onnx.load(str(inline / "onnxruntime" / "model.onnx"))
+    scattered = tmp_path / "scattered" / "model.onnx"
+    scattered.parent.mkdir()
+    onnx.save_model(src, str(scattered), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=1024)
+    assert len(list(scattered.parent.iterdir())) > 5
+    onnxio.settle(scattered, "always")
+    assert sorted(p.name for p in scattered.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    onnxio.settle(scattered, "auto")
+    assert sorted(p.name for p in scattered.parent.iterdir()) == ["model.onnx"]
+    back = onnx.load(str(scattered))
+    assert onnxio.tensor_bytes(back) == onnxio.tensor_bytes(src)
+    moved = onnxio.copy(onnxio.settle(scattered, "always"), tmp_path / "elsewhere" / "renamed.onnx")
+    assert onnxio.external_files(moved) == {tmp_path / "elsewhere" / "renamed.onnx.data"}
+
+
+def test_bad_external_data_mode_is_usage_error(folder, tmp_path, capsys):
+    code = main(["export", str(folder), "--external-data", "sometimes", "--out", str(tmp_path / "x")])
+    assert code == 2 and "--external-data 'sometimes'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_manifest_lists_data_file_in_report(external):
+    report = (external / "report.md").read_text()
+    assert "model.onnx.data" in report
+    assert json.loads((external / "manifest.json").read_text())["backends"]["openvino"]["files"][0].endswith(".xml")
