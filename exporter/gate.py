@@ -27,20 +27,23 @@ def run_gate(
         report[name], failed = backend_checks(runner, manifest, feeds, refs, texts, sweep_refs)
         failures += failed
     if failures:
+        recipe = manifest["recipe"]["name"]
         if any("depend on batch-mates" in f for f in failures):
-            fix = ("nothing was written; this recipe's outputs change with batch-mates and padding (int8-dynamic "
-                   "computes one activation scale per padded batch) — use int8-static, int8-mixed or a float recipe, "
-                   "or pass --allow-batch-dependence to accept it (recorded in the manifest)")
-        elif any("length sweep" in f for f in failures):
+            why = ("int8-dynamic computes one activation scale per padded batch" if recipe == "int8-dynamic" else
+                   "the runtime picks kernels by batch shape, and they round differently")
+            fix = (f"nothing was written; this artifact's outputs change with batch-mates and padding ({why}) — use "
+                   "int8-static, int8-mixed or a float recipe, or pass --allow-batch-dependence to accept it "
+                   "(recorded in the manifest)")
+        elif all("length sweep" in f and "computes that shape wrongly" in f for f in failures):
             fix = ("nothing was written; the runtime computes some sequence lengths wrongly under this recipe — use "
                    "another recipe or backend (with int8-mixed: its search covers the sweep), and report the length")
         elif any("--min-cosine" in f for f in failures):
             fix = ("nothing was written; use --recipe int8-mixed (keeps the sensitive groups in float until the "
                    "target holds), bf16 or int8-weight-only, or lower --min-cosine")
-        elif manifest["recipe"]["name"] == "fp32":
+        elif recipe == "fp32":
             fix = "nothing was written; an fp32 export should match PyTorch: report the model family and these numbers"
         else:
-            fix = (f"nothing was written; recipe {manifest['recipe']['name']!r} damages this model: try int8-mixed "
+            fix = (f"nothing was written; recipe {recipe!r} damages this model: try int8-mixed "
                    "(keeps the measured-sensitive groups in float), a weight-only recipe, or calibration text closer "
                    "to your data")
         raise FidelityError(failures, fix)

@@ -83,6 +83,13 @@ class DestinationError(BertshipError):
     exit_code = 11
 
 
+class MemoryNeedError(BertshipError):
+    """Raised before a stage whose estimated peak memory exceeds what this machine has available: names the estimate,
+    what is available and the way out, instead of letting the kernel's OOM killer end the process without a word."""
+
+    exit_code = 12
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with the traceback from --debug)",
@@ -96,4 +103,5 @@ EXIT_CODES: dict[int, str] = {
     InconclusiveError.exit_code: "inconclusive: a check failed, or its baseline was timed, under foreign CPU load",
     FusionError.exit_code: "graph optimization incomplete: an expected fused op is missing (names op and layers)",
     DestinationError.exit_code: "the output folder cannot be written (read-only place, a file in the way, disk full)",
+    MemoryNeedError.exit_code: "not enough free memory for the export as estimated from the weights (names the need)",
 }

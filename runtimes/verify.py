@@ -169,8 +169,11 @@ def usage_checks(
                                   "cosine_min": float(cos.min()), "worst_length": length}
         limit = tolerance.min_text_cosine if tolerance.min_text_cosine is not None else tolerance.min_cosine
         if task in ("feature-extraction", "sentence-embedding") and cos.min() < limit:
-            failures.append(f"length sweep: cosine {cos.min():.6f} < {limit} at {length} tokens in a batch of one "
-                            "(the runtime computes that shape wrongly)")
+            near = [float(cos[j]) for j in (worst - 1, worst + 1) if 0 <= j < len(cos)]
+            isolated = bool(near) and min(near) >= limit
+            failures.append(f"length sweep: cosine {cos.min():.6f} < {limit} at {length} tokens in a batch of one"
+                            + (" while the lengths beside it pass (the runtime computes that shape wrongly)"
+                               if isolated else ""))
     return report, failures
 
 

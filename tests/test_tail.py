@@ -95,13 +95,13 @@ class _Hashing:
 
     backend, precision = "fake", "fp32"
 
-    def __init__(self, wrong_at: int | None = None):
-        self.wrong_at = wrong_at
+    def __init__(self, wrong_at: int | None = None, wrong_below: int = 0):
+        self.wrong_at, self.wrong_below = wrong_at, wrong_below
 
     def run(self, feeds):
         ids = feeds["input_ids"].astype(np.float64)
         vec = np.stack([ids.sum(1), (ids % 7).sum(1), np.full(len(ids), ids.shape[1])], axis=1)
-        if ids.shape[1] == self.wrong_at:
+        if ids.shape[1] == self.wrong_at or ids.shape[1] < self.wrong_below:
             vec = vec[:, ::-1]
         return {"sentence_embedding": vec}
 
@@ -126,7 +126,10 @@ def test_length_sweep_covers_every_length_and_catches_one_wrong_shape():
     bad = _Hashing(wrong_at=32)
     report, failures = usage_checks(bad, manifest, [feed], gots, gots, ["a b c", "x"], tol, refs)
     assert report["length_sweep"]["worst_length"] == 32
-    assert any("length sweep" in f and "at 32 tokens" in f for f in failures)
+    assert any("length sweep" in f and "at 32 tokens" in f and "lengths beside it pass" in f for f in failures)
+    # wrong at every short length: damage, not one bad shape, and the message does not blame a shape
+    _, failures = usage_checks(_Hashing(wrong_below=10), manifest, [feed], gots, gots, ["a b c", "x"], tol, refs)
+    assert any("length sweep" in f for f in failures) and not any("beside it" in f for f in failures)
 
 
 # --- the gate ---------------------------------------------------------------------------------------------------------
