@@ -26,6 +26,7 @@ def run_gate(
         runner = backends.runner_class(name)(staging / entry["model"], threads, entry.get("options"))
         report[name], failed = backend_checks(runner, manifest, feeds, refs, texts, sweep_refs)
         failures += failed
+        del runner  # one backend's session (weights, pre-packed kernels) in memory at a time
     if failures:
         recipe = manifest["recipe"]["name"]
         if any("depend on batch-mates" in f for f in failures):

@@ -30,6 +30,7 @@ class ExportOptions:
     ort_graph: str = "plain"  # which fp32 graph ONNX Runtime recipes start from: as exported, or ORT-fused offline
     external_data: str = "auto"  # onnxio.MODES: ONNX weights inline unless past 2 GB, or always in model.onnx.data
     allow_missing_fusions: bool = False
+    no_memory_check: bool = False  # skip the refusal when the estimated peak memory exceeds what is available
     force: bool = False
     allow_pickle: bool = False
     max_length: int | None = None

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bertship.profiles import cpu_info
-from bertship.profiles.machine import peak_rss_mb, reset_peak_rss
+from bertship.profiles.machine import available_memory_mb, peak_rss_mb, reset_peak_rss
 from bertship.runtimes import artifact, backends as backend_table
 from bertship.runtimes.errors import UsageError
 
-from . import auto, calibration, fallback, golden, graph, load as load_stage, package, qat, quantize
+from . import auto, calibration, fallback, golden, graph, load as load_stage, memory, package, qat, quantize
 from .gate import run_gate
 from .options import ExportOptions
 from .recipes import EMBEDDING_TASKS, MIN_BATCH_COSINE, MIXED_MIN_COSINE, check_recipe, get_recipe, with_params
@@ -45,10 +45,24 @@ class _Stages:
         yield
         took = time.perf_counter() - start
         peak = round(peak_rss_mb(), 1)
+        _trim_heap()  # what this stage freed goes back to the OS, not into the next stage's peak
         self.timings[name] = round(self.timings.get(name, 0.0) + took, 3)
         self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), peak)
         self.log(f"[bertship] {name:<8} done in {took:.1f} s, peak RSS {peak / 1024:.2f} GB"
                  + ("" if own_peak else " (since start)"))
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the OS (glibc malloc_trim): large exports free gigabytes between stages that the
+    allocator would otherwise keep resident. A no-op where glibc is absent."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def export(
@@ -92,6 +106,14 @@ def export(
     calib_texts = calibration.read_texts(opts.calibration) if needs_text else None
     package.check_out(out, opts.force)
     stages = _Stages(log)
+    if not opts.no_memory_check and (model is None or isinstance(model, (str, Path))):
+        folder = load_stage.default_model_path() if model is None else Path(model)
+        if folder.is_dir():  # the load stage explains a missing or wrong folder
+            need = memory.check(folder, "onnxruntime" in names, available_memory_mb())
+            if need:
+                stage, peak = max(need.items(), key=lambda kv: kv[1])
+                log(f"[bertship] memory   estimated peak {peak / 1024:.1f} GB ({stage}); "
+                    f"{available_memory_mb() / 1024:.1f} GB available")
 
     with stages.stage("load", "checking and loading the model"):
         source = _load(model, tokenizer, opts)

@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--external-data", default="auto", help="where ONNX models keep their weights: auto (inside the "
                     "graph file unless past protobuf's 2 GB limit, then in one model.onnx.data beside it) or always "
                     "(always in model.onnx.data)")
+    ex.add_argument("--no-memory-check", action="store_true", help="export even when the peak memory estimated from "
+                    "the weights exceeds what this machine has available (otherwise exit 12)")
     ex.add_argument("--threads", type=int, default=None, help="threads for the verification runs")
     ex.add_argument("--force", action="store_true", help="replace an existing artifact at --out")
     ex.add_argument("--allow-pickle", action="store_true",
@@ -181,7 +183,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         calibration_method=args.calibration_method, ort_graph=args.ort_graph,
         max_accuracy_drop=args.max_accuracy_drop, eval_data=args.eval_data, profile=args.profile,
         min_cosine=args.min_cosine, allow_batch_dependence=args.allow_batch_dependence,
-        compact=args.compact, external_data=args.external_data,
+        compact=args.compact, external_data=args.external_data, no_memory_check=args.no_memory_check,
         allow_missing_fusions=args.allow_missing_fusions, force=args.force, allow_pickle=args.allow_pickle,
         max_length=args.max_length, pooling=args.pooling, normalize=args.normalize, threads=args.threads,
     )
