@@ -43,13 +43,16 @@ def fp32_weight_mb(folder: Path) -> float | None:
         pickles = [p for p in ("pytorch_model.bin",) if (folder / p).is_file()]
         return sum((folder / p).stat().st_size for p in pickles) / 2**20 if pickles else None
     numel = 0
-    for name in files:
-        with safe_open(str(folder / name), framework="np") as fh:
-            for key in fh.keys():
-                n = 1
-                for d in fh.get_slice(key).get_shape():
-                    n *= d
-                numel += n
+    try:
+        for name in files:
+            with safe_open(str(folder / name), framework="np") as fh:
+                for key in fh.keys():
+                    n = 1
+                    for d in fh.get_slice(key).get_shape():
+                        n *= d
+                    numel += n
+    except Exception:  # a missing or corrupt file: the load stage says which and how to fix it
+        return None
     return numel * 4 / 2**20
 
 

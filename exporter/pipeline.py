@@ -109,11 +109,12 @@ def export(
     if not opts.no_memory_check and (model is None or isinstance(model, (str, Path))):
         folder = load_stage.default_model_path() if model is None else Path(model)
         if folder.is_dir():  # the load stage explains a missing or wrong folder
-            need = memory.check(folder, "onnxruntime" in names, available_memory_mb())
+            available = available_memory_mb()
+            need = memory.check(folder, "onnxruntime" in names, available)
             if need:
                 stage, peak = max(need.items(), key=lambda kv: kv[1])
-                log(f"[bertship] memory   estimated peak {peak / 1024:.1f} GB ({stage}); "
-                    f"{available_memory_mb() / 1024:.1f} GB available")
+                log(f"[bertship] memory   estimated peak {peak / 1024:.1f} GB ({stage}); {available / 1024:.1f} GB "
+                    "available")
 
     with stages.stage("load", "checking and loading the model"):
         source = _load(model, tokenizer, opts)

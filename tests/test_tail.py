@@ -26,9 +26,10 @@ def outlier(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mild_outlier(tmp_path_factory):
-    # An outlier at ~30: int8-dynamic stays within the int8 floors per text (min ≈ 0.998) yet depends on batch-mates
-    # (alone vs batched ≈ 0.998), so batch invariance is the only check it can fail. At ~300 it fails the floors too.
-    return tiny.save_outlier(tmp_path_factory.mktemp("mild"), level=30.0)
+    # An outlier at ~100: int8-dynamic stays within the int8 floors per text (min ≈ 0.97 > 0.9) yet depends on
+    # batch-mates (alone vs batched ≈ 0.994 < 0.999), so batch invariance is the only check it fails, with margin on
+    # both sides (at ~30 invariance sat at 0.998-0.999 and passed on some tokenizer trainings; at ~300 the floors fail).
+    return tiny.save_outlier(tmp_path_factory.mktemp("mild"), level=100.0)
 
 
 # --- pieces -----------------------------------------------------------------------------------------------------------
