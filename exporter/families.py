@@ -5,7 +5,7 @@ A family is data, not a class: adding one is a row here (and a tiny config in te
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bertship.runtimes.errors import SourceError
 from bertship.runtimes.fidelity import Tolerance
@@ -26,6 +26,16 @@ class Family:
     # ONNX Runtime transformer fusions the family reaches: op -> (a, b), expected count a * layers + b
     fusions: dict[str, tuple[int, int]]
     fusion_note: str = ""
+    # modules whose @torch.jit.script helpers are traced as the Python they were written in: scripted, their shape
+    # branches export as If nodes with outputs of dynamic rank, which OpenVINO's CPU plugin refuses to compile
+    script_modules: tuple[str, ...] = ()
+
+    def for_config(self, config) -> Family:
+        """The family as one checkpoint uses it: without token_type_ids where its config has no token-type embedding
+        (type_vocab_size 0, as in DeBERTa-v3), since the graph then never reads them."""
+        if "token_type_ids" in self.inputs and getattr(config, "type_vocab_size", 1) == 0:
+            return replace(self, inputs=tuple(i for i in self.inputs if i != "token_type_ids"))
+        return self
 
 
 # fp32 tolerances: round-off between PyTorch and the runtimes' kernels (other GEMM blocking, fused softmax and layer
@@ -34,9 +44,10 @@ class Family:
 _FP32 = Tolerance(max_abs_diff=1e-4, min_cosine=0.99999)
 
 
-def _fusions(attention: int | None = 0, gelu: str = "BiasGelu", emb: int = 0) -> dict[str, tuple[int, int]]:
-    """Expected fusions with L layers: Attention L + attention (None: not fused), gelu L, SkipLayerNorm 2L, emb."""
-    table = {gelu: (1, 0), "SkipLayerNormalization": (2, 0)}
+def _fusions(attention: int | None = 0, gelu: str = "BiasGelu", emb: int = 0, skip: int = 0) -> dict[str, tuple[int, int]]:
+    """Expected fusions with L layers: Attention L + attention (None: not fused), gelu L, SkipLayerNorm 2L + skip,
+    EmbedLayerNormalization emb."""
+    table = {gelu: (1, 0), "SkipLayerNormalization": (2, skip)}
     if attention is not None:
         table["Attention"] = (1, attention)
     if emb:
@@ -44,8 +55,10 @@ def _fusions(attention: int | None = 0, gelu: str = "BiasGelu", emb: int = 0) ->
     return table
 
 
-# Fusion counts measured with onnxruntime 1.32 on the tiny model of each family (2 and 3 layers) and on the real
-# MiniLM (6 layers): BERT 1 EmbedLayerNormalization + L Attention + L BiasGelu + 2L SkipLayerNormalization.
+# Fusion counts measured with onnxruntime 1.32 on the tiny model of each family (2, 3 and 4 layers) and on the real
+# MiniLM (6 layers): BERT 1 EmbedLayerNormalization + L Attention + L BiasGelu + 2L SkipLayerNormalization. Where
+# attention is not fused, ONNX Runtime runs it as separate MatMul/Softmax/Add kernels; what that costs at base size is
+# measured in benchmarks/families.py (docs/benchmarks.md).
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
@@ -63,6 +76,25 @@ FAMILIES: dict[str, Family] = {
                "LayerNormalization, which the fusion anchors on; shared layer weights are stored once"),
         Family("mobilebert", ("mobilebert",), WITH_TYPES, 0, _FP32, {},
                "no ONNX Runtime BERT fusion matches MobileBERT (NoNorm instead of LayerNorm, bottleneck blocks)"),
+        # ELECTRA discriminators: BERT's layers after a factorized embedding (embedding_size -> hidden_size projection).
+        Family("electra", ("electra",), WITH_TYPES, 0, _FP32, _fusions(emb=1)),
+        # MPNet counts positions from padding_idx + 1 like RoBERTa and has no token types.
+        Family("mpnet", ("mpnet",), WITHOUT_TYPES, 2, _FP32, _fusions(attention=None, skip=1),
+               "attention is not fused: MPNet adds a relative-position bias (a bucketed Gather) to the scores, which "
+               "ONNX Runtime 1.32's attention fusion does not match; the embedding LayerNorm fuses as one more "
+               "SkipLayerNormalization (word + position embeddings)"),
+        # DeBERTa-v2 and v3 (v3 has type_vocab_size 0: no token_type_ids input, see Family.for_config).
+        Family("deberta-v2", ("deberta-v2",), WITH_TYPES, 0, _FP32, _fusions(attention=None),
+               "attention is not fused: disentangled attention adds content-to-position and position-to-content terms "
+               "(relative positions gathered per pair) that no ONNX Runtime 1.32 fusion models; the embedding and "
+               "relative-embedding LayerNorms stay plain LayerNormalization",
+               script_modules=("transformers.models.deberta_v2.modeling_deberta_v2",)),
+        # ModernBERT: pre-norm, GLU feed-forward without biases, RoPE, global attention every n layers and a
+        # sliding window elsewhere, no token types.
+        Family("modernbert", ("modernbert",), WITHOUT_TYPES, 0, _FP32, _fusions(attention=None, gelu="Gelu"),
+               "attention is not fused: the fused QKV projection, rotary embeddings and the sliding-window mask match "
+               "no ONNX Runtime 1.32 attention fusion; the GLU's activation fuses as Gelu (ModernBERT's linears have "
+               "no bias, so there is no BiasGelu) and the embedding LayerNorm stays plain"),
     )
 }
 

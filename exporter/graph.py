@@ -21,6 +21,7 @@ from .families import Family
 WITNESS = {
     "Attention": ("Softmax",),
     "BiasGelu": ("Erf",),
+    "Gelu": ("Erf",),
     "FastGelu": ("Tanh",),
     "SkipLayerNormalization": ("LayerNormalization",),
     "EmbedLayerNormalization": ("LayerNormalization",),
@@ -29,7 +30,7 @@ _LAYER = re.compile(r"layers?\.(\d+)")
 # Fused ops a sublayer contributes; one that compaction replaced by norm(x + bias) has none of them (its Add + LayerNorm
 # with a constant bias is left to ONNX Runtime's session-time LayerNormalization fusion).
 SUBLAYER_FUSIONS = {"attention": ("Attention", "SkipLayerNormalization"),
-                    "ffn": ("BiasGelu", "FastGelu", "SkipLayerNormalization")}
+                    "ffn": ("BiasGelu", "Gelu", "FastGelu", "SkipLayerNormalization")}
 
 
 @dataclass(frozen=True)

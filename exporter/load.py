@@ -107,6 +107,7 @@ def load_folder(
     except Exception as exc:  # transformers raises many types for a broken tokenizer folder
         raise SourceError(f"cannot load the tokenizer from {str(root)!r}: {exc} — add tokenizer.json (fast tokenizer)") from None
     config = AutoConfig.from_pretrained(root, local_files_only=True)
+    family = family.for_config(config)
     head = getattr(transformers, chosen.head)
     try:
         model, info = head.from_pretrained(
@@ -143,7 +144,7 @@ def from_model(
         raise UsageError(
             f"model must be a transformers PreTrainedModel (a torch.nn.Module with .config), got {type(model).__name__}"
         )
-    family = family_of(getattr(model.config, "model_type", None))
+    family = family_of(getattr(model.config, "model_type", None)).for_config(model.config)
     chosen = get_task(task)
     pooling, normalize = _embedding_options(chosen, pooling, normalize, None)
     digest = hashlib.sha256()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,28 @@ def pool(hidden, mask, mode: str, normalize: bool):
     return torch.nn.functional.normalize(emb, p=2.0, dim=1) if normalize else emb
 
 
+@contextmanager
+def traced_as_python(modules: tuple[str, ...]):
+    """While tracing, the @torch.jit.script functions of `modules` are their Python originals (torch keeps each one as
+    `_torchdynamo_inline`): traced, a branch on shapes resolves to the path the model takes (self-attention: query and
+    key lengths are equal), and sizes stay dynamic; scripted, it would export as an If of dynamic rank."""
+    import torch
+
+    swapped = []
+    try:
+        for name in modules:
+            module = importlib.import_module(name)
+            for attr, obj in list(vars(module).items()):
+                original = getattr(obj, "_torchdynamo_inline", None)
+                if isinstance(obj, torch.jit.ScriptFunction) and callable(original):
+                    swapped.append((module, attr, obj))
+                    setattr(module, attr, original)
+        yield
+    finally:
+        for module, attr, obj in swapped:
+            setattr(module, attr, obj)
+
+
 def to_onnx(source: Source, feeds: dict[str, np.ndarray], path: Path, external_data: str = "auto") -> Path:
     """Trace the graph module on sample feeds and write an ONNX file whose batch and sequence axes are dynamic. Past
     2 GB torch writes one file per tensor beside it; those become one `<path>.data` (onnxio.settle)."""
@@ -59,7 +83,7 @@ def to_onnx(source: Source, feeds: dict[str, np.ndarray], path: Path, external_d
     for o in source.task.outputs:
         axes[o.name] = {i: a for i, a in enumerate(o.axes) if a in ("batch", "sequence")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), traced_as_python(source.family.script_modules):
         # The TorchScript exporter announces its own deprecation and traces Python branches on shapes; both are
         # expected here, and parity is checked afterwards on other batch and sequence sizes.
         warnings.simplefilter("ignore")

@@ -1,7 +1,8 @@
 """Tiny random models of every family, built in the test session from small configs (no download, < 1 s each).
 
 Each family gets a tokenizer of its own kind trained on the shipped sentences: WordPiece (BERT, DistilBERT,
-MobileBERT), Unigram with Metaspace (ALBERT, like its SentencePiece) and byte-level BPE (RoBERTa).
+MobileBERT, ELECTRA, and MPNet with RoBERTa-style <s> </s></s> pairs), Unigram with Metaspace (ALBERT and DeBERTa-v3,
+like their SentencePiece models) and byte-level BPE (RoBERTa; ModernBERT with [CLS]/[SEP] templates).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ MAX_POSITIONS = 64  # the longest golden sentence is longer: truncation is exerc
 NUM_LABELS = 3
 
 
-def _wordpiece():
+def _wordpiece(cls_name: str = "BertTokenizerFast"):
+    import transformers
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -26,25 +27,50 @@ def _wordpiece():
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=MAX_POSITIONS)
+    return getattr(transformers, cls_name)(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                           cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                           model_max_length=MAX_POSITIONS)
 
 
-def _unigram():
+def _mpnet_wordpiece():
+    """WordPiece with MPNet's special tokens (<pad> is id 1, the embedding's padding_idx) and its pair template."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import MPNetTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"]
+    tok.train_from_iterator(sentences(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+    return MPNetTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                              cls_token="<s>", unk_token="[UNK]", pad_token="<pad>", mask_token="<mask>",
+                              model_max_length=MAX_POSITIONS)
+
+
+def _unigram(cls_name: str = "AlbertTokenizerFast", pad: str = "<pad>", unk: str = "<unk>", lowercase: bool = True):
+    import transformers
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import AlbertTokenizerFast
 
     tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.Lowercase()
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(sentences(), trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token="<unk>"))
+    specials = [pad, "[CLS]", "[SEP]", unk, "[MASK]"]
+    tok.train_from_iterator(sentences(), trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token=unk))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    return AlbertTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", cls_token="[CLS]",
-                               sep_token="[SEP]", mask_token="[MASK]", model_max_length=MAX_POSITIONS)
+    return getattr(transformers, cls_name)(tokenizer_object=tok, unk_token=unk, pad_token=pad, cls_token="[CLS]",
+                                           sep_token="[SEP]", mask_token="[MASK]", model_max_length=MAX_POSITIONS)
+
+
+def _deberta_unigram():
+    """DeBERTa-v3's SentencePiece kind: Unigram + Metaspace, cased, [PAD] id 0, [CLS] A [SEP] B [SEP] pairs."""
+    return _unigram("DebertaV2TokenizerFast", pad="[PAD]", unk="[UNK]", lowercase=False)
 
 
 def _bytelevel_bpe():
@@ -61,6 +87,25 @@ def _bytelevel_bpe():
     return RobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
                                 cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
                                 model_max_length=MAX_POSITIONS)
+
+
+def _modernbert_bpe():
+    """ModernBERT's kind: byte-level BPE (cased, no prefix space) with [CLS] A [SEP] B [SEP] templates."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    tok.train_from_iterator(sentences(), trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                   pad_token="[PAD]", mask_token="[MASK]", model_max_length=MAX_POSITIONS,
+                                   model_input_names=["input_ids", "attention_mask"])
 
 
 def _config(family: str, vocab: int, pad_id: int):
@@ -85,11 +130,29 @@ def _config(family: str, vocab: int, pad_id: int):
         return tf.MobileBertConfig(hidden_size=32, embedding_size=16, true_hidden_size=16, intra_bottleneck_size=16,
                                    intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
                                    num_feedforward_networks=2, max_position_embeddings=MAX_POSITIONS, **common)
+    if family == "electra":  # factorized embedding: embedding_size < hidden_size, projected up
+        return tf.ElectraConfig(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=MAX_POSITIONS, **common)
+    if family == "mpnet":  # positions from padding_idx + 1, like RoBERTa; relative attention buckets
+        return tf.MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                              max_position_embeddings=MAX_POSITIONS + 2,
+                              bos_token_id=0, eos_token_id=2, **common)
+    if family == "deberta-v2":  # DeBERTa-v3's shape: relative positions only, shared keys, no token types
+        return tf.DebertaV2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                  max_position_embeddings=MAX_POSITIONS, relative_attention=True, position_buckets=16,
+                                  max_relative_positions=-1, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+                                  share_att_key=True, position_biased_input=False, type_vocab_size=0, **common)
+    if family == "modernbert":
+        # 3 layers: global attention in layers 0 and 2, a 16-token sliding window in layer 1 (golden texts are longer)
+        return tf.ModernBertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+                                   max_position_embeddings=MAX_POSITIONS, local_attention=16,
+                                   global_attn_every_n_layers=2, reference_compile=False, **common)
     raise ValueError(family)
 
 
 TOKENIZERS = {"bert": _wordpiece, "distilbert": _wordpiece, "mobilebert": _wordpiece, "albert": _unigram,
-              "roberta": _bytelevel_bpe}
+              "roberta": _bytelevel_bpe, "electra": lambda: _wordpiece("ElectraTokenizerFast"),
+              "mpnet": _mpnet_wordpiece, "deberta-v2": _deberta_unigram, "modernbert": _modernbert_bpe}
 HEADS = {
     "feature-extraction": "AutoModel",
     "sentence-embedding": "AutoModel",
