@@ -86,25 +86,25 @@ def _modules():
     class ResidualNorm(torch.nn.Module):
         """A sublayer with nothing left that adds the residual and normalizes itself: norm(x + output bias)."""
 
-        def __init__(self, norm, bias, as_tuple: bool):
+        def __init__(self, norm, bias, as_tuple: int):
             super().__init__()
-            self.norm, self.bias, self.as_tuple = norm, torch.nn.Parameter(bias.clone()), as_tuple
+            self.norm, self.bias, self.as_tuple = norm, torch.nn.Parameter(bias.clone()), int(as_tuple)
 
         def forward(self, hidden_states, *args, **kwargs):
             out = self.norm(hidden_states + self.bias)
-            return (out,) if self.as_tuple else out
+            return (out,) + (None,) * (self.as_tuple - 1) if self.as_tuple else out
 
     class BiasOnly(torch.nn.Module):
         """A sublayer with nothing left whose layer adds the residual and normalizes outside: its output bias."""
 
-        def __init__(self, bias, as_tuple: bool):
+        def __init__(self, bias, as_tuple: int):
             super().__init__()
-            self.bias, self.as_tuple = torch.nn.Parameter(bias.clone()), as_tuple
+            self.bias, self.as_tuple = torch.nn.Parameter(bias.clone()), int(as_tuple)
 
         # named `query`: DistilBERT calls its attention with query=…; FFNs pass the input positionally
         def forward(self, query, *args, **kwargs):
             out = self.bias.expand_as(query)
-            return (out,) if self.as_tuple else out
+            return (out,) + (None,) * (self.as_tuple - 1) if self.as_tuple else out
 
     return ResidualNorm, BiasOnly
 
@@ -149,16 +149,19 @@ def _compact_heads(model: Any, view: lay.LayerView) -> tuple[list[int], str]:
         ResidualNorm, BiasOnly = _modules()
         if L.attn_dead.startswith("norm:"):
             norm_path = L.attn_dead[5:]
-            view.set(L.attention, ResidualNorm(view.get(norm_path), bias, as_tuple=True))
+            view.set(L.attention, ResidualNorm(view.get(norm_path), bias, as_tuple=L.attn_tuple))
             return original, f"replaced by {norm_path}(x + {L.o}.bias): all {heads} heads dead"
-        view.set(L.attention, BiasOnly(bias, as_tuple=True))
+        view.set(L.attention, BiasOnly(bias, as_tuple=L.attn_tuple))
         return original, f"replaced by {L.o}.bias (the layer adds x and normalizes): all {heads} heads dead"
+    if L.heads_fixed:
+        return [], f"{len(dead)} dead head(s) kept: {L.heads_fixed}"
     if len(dead) == heads:  # no replacement for this family: keep one dead head, never a width of 0
         dead, original = dead[1:], original[1:]
-    if all(isinstance(view.get(p), _linear()) for p in (L.q, L.k, L.v, L.o)):
+    linears = [view.get(p) for p, _ in view.head_linears()] + [view.get(L.o)]
+    if L.native_prune and all(isinstance(m, _linear()) for m in linears):
         model.prune_heads({view.index: original})  # transformers slices and records config.pruned_heads
     else:
-        _prune_factorized(model, view, dead, original)
+        _slice_heads(model, view, dead, original)
     kept = "; one dead head kept (no replacement for this family)" if view.num_heads() and len(
         dead_heads(view)) == view.num_heads() else ""
     return original, f"{len(dead)} of {heads} heads removed{kept}"
@@ -170,23 +173,26 @@ def _linear():
     return torch.nn.Linear
 
 
-def _prune_factorized(model: Any, view: lay.LayerView, dead: list[int], original: list[int]) -> None:
-    """transformers' prune_heads for projections that are low-rank Sequentials (its prune_linear_layer wants Linear)."""
+def _slice_heads(model: Any, view: lay.LayerView, dead: list[int], original: list[int]) -> None:
+    """Remove heads by slicing the per-head rows of q, k, v (or of one fused Wqkv, and the family's extra per-head
+    projections) and the output projection's columns: transformers' prune_heads where it has none, or where a
+    projection is a low-rank Sequential (its prune_linear_layer wants a Linear)."""
     import torch
 
     L = view.layout
     heads = view.num_heads()
     size = int(view.get(L.heads[1])) // heads
-    keep = torch.tensor([h * size + i for h in range(heads) if h not in set(dead) for i in range(size)])
-    for path in (L.q, L.k, L.v):
-        view.set(path, lay.take_rows(view.get(path), keep))
-    view.set(L.o, lay.take_cols(view.get(L.o), keep))
+    alive = [h for h in range(heads) if h not in set(dead)]
+    for path, rows in view.head_rows(alive).items():
+        view.set(path, lay.take_rows(view.get(path), torch.tensor(rows)))
+    view.set(L.o, lay.take_cols(view.get(L.o), torch.tensor([h * size + i for h in alive for i in range(size)])))
     view.set(L.heads[0], heads - len(dead))
     view.set(L.heads[1], (heads - len(dead)) * size)
     attention = view.get(L.attention)
-    attention.pruned_heads = set(attention.pruned_heads) | set(original)
-    pruned = model.config.pruned_heads
-    pruned[view.index] = sorted(set(pruned.get(view.index, [])) | set(original))
+    attention.pruned_heads = set(getattr(attention, "pruned_heads", set())) | set(original)
+    if L.native_prune:  # the family's config can record it (from_pretrained prunes again on load)
+        pruned = model.config.pruned_heads
+        pruned[view.index] = sorted(set(pruned.get(view.index, [])) | set(original))
 
 
 def _compact_ffns(view: lay.LayerView) -> str:
@@ -204,16 +210,16 @@ def _compact_ffns(view: lay.LayerView) -> str:
             bias = bias if bias is not None else torch.zeros(lay.parts(view.get(ffn[1]))[-1].out_features)
             ResidualNorm, BiasOnly = _modules()
             for path, kind in replace.items():
-                module = (torch.nn.Identity() if kind == "identity" else BiasOnly(bias, as_tuple=False)
-                          if kind == "bias" else ResidualNorm(view.get(kind[5:]), bias, as_tuple=False))
+                module = (torch.nn.Identity() if kind == "identity" else BiasOnly(bias, as_tuple=0)
+                          if kind == "bias" else ResidualNorm(view.get(kind[5:]), bias, as_tuple=0))
                 view.set(path, module)
             what = " + ".join(f"{p} -> {k}" for p, k in replace.items())
             done.append(f"replaced: all {width} neurons dead ({what}: norm(x + {ffn[1]}.bias))")
             continue
         if len(dead) == width:  # no replacement for this family: keep one dead neuron
             dead = dead[1:]
-        keep = torch.tensor(sorted(set(range(width)) - set(dead)))
-        view.set(ffn[0], lay.take_rows(view.get(ffn[0]), keep))
-        view.set(ffn[1], lay.take_cols(view.get(ffn[1]), keep))
+        keep = sorted(set(range(width)) - set(dead))
+        view.set(ffn[0], lay.take_rows(view.get(ffn[0]), torch.tensor(view.ffn_rows(ffn, keep))))
+        view.set(ffn[1], lay.take_cols(view.get(ffn[1]), torch.tensor(keep)))
         done.append(f"{ffn[0]}: {len(dead)} of {width} neurons removed")
     return "; ".join(done) or "kept"

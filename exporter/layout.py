@@ -31,6 +31,12 @@ class Layout:
     attn_dead: str | None
     ffn_dead: dict[str, str] | None  # per module of the FFN: "identity", "bias" or "norm:PATH"
     note: str = ""
+    fused_qkv: bool = False  # q, k and v are one linear (the path in q) whose rows are [q; k; v]
+    glu: bool = False  # the FFN's input linear has 2 rows per neuron, [value; gate] halves: a neuron is both
+    native_prune: bool = True  # transformers' prune_heads() exists for the family (else heads are sliced here)
+    head_extras: tuple[str, ...] = ()  # other linears with rows per head (DeBERTa's unshared position projections)
+    attn_tuple: int = 1  # length of the tuple the attention module returns (a replacement pads it with None)
+    heads_fixed: str = ""  # why some dead heads of a layer cannot be removed (empty: they can)
 
 
 _BERT = Layout(("encoder.layer",), "attention", "attention.self.query", "attention.self.key", "attention.self.value",
@@ -41,6 +47,34 @@ _BERT = Layout(("encoder.layer",), "attention", "attention.self.query", "attenti
 LAYOUTS: dict[str, Layout] = {
     "bert": _BERT,
     "roberta": _BERT,
+    "electra": _BERT,  # ElectraLayer is BertLayer; the factorized embedding projection is outside the layers
+    "mpnet": Layout(("encoder.layer",), "attention", "attention.attn.q", "attention.attn.k", "attention.attn.v",
+                    "attention.attn.o", ("attention.attn.num_attention_heads", "attention.attn.all_head_size"),
+                    (("intermediate.dense", "output.dense", "intermediate.intermediate_act_fn"),),
+                    "norm:attention.LayerNorm", {"intermediate": "identity", "output": "norm:output.LayerNorm"},
+                    heads_fixed="MPNet adds one relative-position bias with a row per head, computed once for all "
+                                "layers, so a layer cannot have fewer heads than the others: its dead heads are kept "
+                                "(outputs exact, no faster); an attention with every head dead is still replaced"),
+    # DeBERTa-v2/v3 has no prune_heads(): heads are sliced here, with the position projections of configs that do
+    # not share them with key/query (share_att_key false); head pruning cannot be written to its config.
+    "deberta-v2": Layout(("encoder.layer",), "attention", "attention.self.query_proj", "attention.self.key_proj",
+                         "attention.self.value_proj", "attention.output.dense",
+                         ("attention.self.num_attention_heads", "attention.self.all_head_size"),
+                         (("intermediate.dense", "output.dense", "intermediate.intermediate_act_fn"),),
+                         "norm:attention.output.LayerNorm", {"intermediate": "identity", "output": "norm:output.LayerNorm"},
+                         "DeBERTa: heads are sliced by bertship (transformers has no prune_heads for it) and cannot "
+                         "be recorded in config.json; export the compacted model from memory (bertship does)",
+                         native_prune=False, head_extras=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
+                         attn_tuple=2),
+    # ModernBERT: pre-norm layers (x + attn(norm(x)), x + mlp(norm(x))), so a dead sublayer leaves its output bias;
+    # one Wqkv linear; a GLU feed-forward whose neuron j is rows j and j + width of Wi (value and gate) together.
+    "modernbert": Layout(("layers",), "attn", "attn.Wqkv", "attn.Wqkv", "attn.Wqkv", "attn.Wo",
+                         ("attn.num_heads", "attn.all_head_size"), (("mlp.Wi", "mlp.Wo", "mlp.act"),),
+                         "bias", {"mlp": "bias"},
+                         "ModernBERT: heads are sliced from the fused Wqkv by bertship and GLU neurons are removed as "
+                         "value/gate pairs; neither can be recorded in config.json, so export the compacted model from "
+                         "memory (bertship does)",
+                         fused_qkv=True, glu=True, native_prune=False),
     "distilbert": Layout(("transformer.layer",), "attention", "attention.q_lin", "attention.k_lin", "attention.v_lin",
                          "attention.out_lin", ("attention.n_heads", "attention.dim"),
                          (("ffn.lin1", "ffn.lin2", "ffn.activation"),), "bias", {"ffn": "bias"}),
@@ -97,8 +131,45 @@ class LayerView:
         return [t for t in found if _has(self.module, t[0]) and _has(self.module, t[1])]
 
     def attends(self) -> bool:
-        """Whether the attention is still there (compaction replaces one with no head left)."""
-        return hasattr(self.get(self.layout.attention), "prune_heads")
+        """Whether the attention is still there (compaction replaces one with no head left by a module without heads)."""
+        return _has(self.module, self.layout.heads[0])
+
+    def head_linears(self) -> list[tuple[str, int]]:
+        """(path, first row) of every linear section whose rows are per head on the input side: q, k, v (sections of
+        one fused linear), then the family's extras that this model has."""
+        L = self.layout
+        if L.fused_qkv:
+            width = int(self.get(L.heads[1]))
+            found = [(L.q, 0), (L.q, width), (L.q, 2 * width)]
+        else:
+            found = [(L.q, 0), (L.k, 0), (L.v, 0)]
+        return found + [(p, 0) for p in L.head_extras if _has(self.module, p) and self.get(p) is not None]
+
+    def head_rows(self, heads: list[int]) -> dict[str, list[int]]:
+        """Per input-side linear path, the rows that belong to `heads` (current numbering)."""
+        size = int(self.get(self.layout.heads[1])) // max(self.num_heads(), 1)
+        rows: dict[str, list[int]] = {}
+        for path, first in self.head_linears():
+            rows.setdefault(path, []).extend(first + h * size + i for h in sorted(heads) for i in range(size))
+        return rows
+
+    def value(self) -> tuple[Any, Any]:
+        """(weight [all_head_size, in], bias or None) of the value projection."""
+        L = self.layout
+        weight, bias = effective(self.get(L.v), L.v)
+        if L.fused_qkv:
+            width = int(self.get(L.heads[1]))
+            return weight[2 * width:3 * width], None if bias is None else bias[2 * width:3 * width]
+        return weight, bias
+
+    def ffn_width(self, ffn: tuple[str, str, str]) -> int:
+        """Neurons of one FFN (the output linear's inputs)."""
+        return parts(self.get(ffn[1]))[0].in_features
+
+    def ffn_rows(self, ffn: tuple[str, str, str], neurons: list[int]) -> list[int]:
+        """Rows of the FFN's input linear that compute `neurons` (GLU: the value row and the gate row of each)."""
+        width = self.ffn_width(ffn)
+        return sorted(list(neurons) + ([n + width for n in neurons] if self.layout.glu else []))
 
     def num_heads(self) -> int:
         """Heads the layer's attention has now (0 once compaction replaced it)."""

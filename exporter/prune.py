@@ -49,7 +49,7 @@ def magnitude_scores(model: Any) -> tuple[list[list[float]], list[list[float]]]:
     for view in lay.layers(model):
         L = view.layout
         n = view.num_heads()
-        wv, _ = lay.effective(view.get(L.v))
+        wv, _ = view.value()
         wo, _ = lay.effective(view.get(L.o))
         size = wv.shape[0] // max(n, 1)
         heads.append([float(wv[h * size:(h + 1) * size].norm() * wo[:, h * size:(h + 1) * size].norm())
@@ -58,6 +58,8 @@ def magnitude_scores(model: Any) -> tuple[list[list[float]], list[list[float]]]:
         for ffn in view.ffn_paths():
             w_in, _ = lay.effective(view.get(ffn[0]))
             w_out, _ = lay.effective(view.get(ffn[1]))
+            if L.glu:  # a GLU neuron is its value row and its gate row together
+                w_in = w_in.reshape(2, -1, w_in.shape[1]).permute(1, 0, 2).reshape(w_out.shape[1], -1)
             row += (w_in.norm(dim=1) * w_out.norm(dim=0)).tolist()
         neurons.append(row)
     return heads, neurons
@@ -139,22 +141,21 @@ def apply(model: Any, heads: list[list[int]], neurons: list[list[int]]) -> None:
         for view, dead, gone in zip(views, heads, neurons):
             L = view.layout
             size = int(view.get(L.heads[1])) // max(view.num_heads(), 1)
+            for path, rows in view.head_rows(list(dead)).items():
+                last = lay.parts(view.get(path))[-1]
+                last.weight[rows] = 0
+                if last.bias is not None:
+                    last.bias[rows] = 0
             for h in dead:
-                rows = slice(h * size, (h + 1) * size)
-                for path in (L.q, L.k, L.v):
-                    last = lay.parts(view.get(path))[-1]
-                    last.weight[rows] = 0
-                    if last.bias is not None:
-                        last.bias[rows] = 0
-                lay.parts(view.get(L.o))[0].weight[:, rows] = 0
+                lay.parts(view.get(L.o))[0].weight[:, h * size:(h + 1) * size] = 0
             start = 0
             for ffn in view.ffn_paths():
                 width = lay.parts(view.get(ffn[1]))[0].in_features
                 local = [i - start for i in gone if start <= i < start + width]
                 last = lay.parts(view.get(ffn[0]))[-1]
-                last.weight[local] = 0
+                last.weight[view.ffn_rows(ffn, local)] = 0
                 if last.bias is not None:
-                    last.bias[local] = 0
+                    last.bias[view.ffn_rows(ffn, local)] = 0
                 lay.parts(view.get(ffn[1]))[0].weight[:, local] = 0
                 start += width
 
@@ -247,6 +248,9 @@ def prune(path: str | Path, out: str | Path, *, heads: str | float = "0%", ffn: 
     implied = task_from_architectures(raw.get("architectures")) or (root / "modules.json").is_file()
     source = load_folder(root, "sequence-classification" if data else None if implied else "feature-extraction")
     model = source.model
+    fixed = lay.layout_of(model).heads_fixed
+    if fixed and head_ratio > 0:
+        raise UsageError(f"--heads cannot speed up {source.family.name}: {fixed} — prune FFN neurons (--ffn) instead")
     if data is not None:
         feeds = batches(source, data, batch_size, min(max_length, source.max_length))
         scored = feeds if importance_rows is None else feeds[: -(-importance_rows // batch_size)]

@@ -83,7 +83,7 @@ def dead_heads(view: lay.LayerView) -> list[int]:
     if heads == 0:
         return []
     L = view.layout
-    wv, bv = lay.effective(view.get(L.v), L.v)
+    wv, bv = view.value()
     wo, _ = lay.effective(view.get(L.o), L.o)
     size = wv.shape[0] // heads
     dead = []
@@ -96,16 +96,22 @@ def dead_heads(view: lay.LayerView) -> list[int]:
 
 
 def dead_neurons(view: lay.LayerView, ffn: tuple[str, str, str]) -> list[int]:
-    """Indices of the FFN's neurons whose output is exactly zero."""
+    """Indices of the FFN's neurons whose output is exactly zero (GLU: also when its gate row and bias are zero,
+    since the product is then zero whatever the activation)."""
     import torch
 
     w_in, b_in = lay.effective(view.get(ffn[0]), ffn[0])
     w_out, _ = lay.effective(view.get(ffn[1]), ffn[1])
+    width = w_out.shape[1]
+    silent = ~w_in.any(1) if b_in is None else ~w_in.any(1) & (b_in == 0)
     dead = ~w_out.any(0)
     with torch.no_grad():
         zero_in = float(view.get(ffn[2])(torch.zeros(1))) == 0.0
-    if zero_in:
-        silent = ~w_in.any(1) if b_in is None else ~w_in.any(1) & (b_in == 0)
+    if view.layout.glu:
+        dead |= silent[width:]  # gate row zero
+        if zero_in:
+            dead |= silent[:width]
+    elif zero_in:
         dead |= silent
     return [int(i) for i in torch.nonzero(dead).flatten()]
 
@@ -224,15 +230,19 @@ def _head_removal(view: lay.LayerView, heads: int, dead: int, seq_len: int) -> t
     L = view.layout
     if not dead:
         return 0, 0
-    q, k, v, o = (view.get(p) for p in (L.q, L.k, L.v, L.o))
+    o = view.get(L.o)
+    inputs = {path: view.get(path) for path, _ in view.head_linears()}  # a fused Wqkv counted once
     if dead == heads and L.attn_dead is not None:
-        macs = sum(lay.macs(m) for m in (q, k, v, o))
-        params = sum(p.numel() for m in (q, k, v, o) for p in m.parameters()) - lay.bias_size(o)
+        macs = sum(lay.macs(m) for m in (*inputs.values(), o))
+        params = sum(p.numel() for m in (*inputs.values(), o) for p in m.parameters()) - lay.bias_size(o)
         return 2 * seq_len * macs + 4 * seq_len * seq_len * int(view.get(L.heads[1])), params
+    if L.heads_fixed:  # the family cannot have fewer heads in one layer (see Layout.heads_fixed)
+        return 0, 0
     gone = min(dead, heads - 1)  # without a replacement, one dead head stays so that no tensor has width 0
     size = _head_size(view)
-    per_token = size * (sum(lay.in_features(m) for m in (q, k, v)) + lay.out_features(o))
-    biases = size * sum(lay.parts(m)[-1].bias is not None for m in (q, k, v))
+    sections = view.head_linears()
+    per_token = size * (sum(lay.in_features(view.get(p)) for p, _ in sections) + lay.out_features(o))
+    biases = size * sum(lay.parts(view.get(p))[-1].bias is not None for p, _ in sections)
     return gone * (2 * seq_len * per_token + 4 * seq_len * seq_len * size), gone * (per_token + biases)
 
 
@@ -242,8 +252,9 @@ def _ffn_removal(view: lay.LayerView, ffn: tuple[str, str, str], width: int, dea
         params = sum(p.numel() for m in (first, second) for p in m.parameters()) - lay.bias_size(second)
         return 2 * seq_len * (lay.macs(first) + lay.macs(second)), params
     gone = min(dead, width - 1)
-    per_token = lay.in_features(first) + lay.out_features(second)
-    return gone * 2 * seq_len * per_token, gone * (per_token + (lay.parts(first)[-1].bias is not None))
+    rows = 2 if view.layout.glu else 1  # input-linear rows per neuron
+    per_token = rows * lay.in_features(first) + lay.out_features(second)
+    return gone * 2 * seq_len * per_token, gone * (per_token + rows * (lay.parts(first)[-1].bias is not None))
 
 
 def plot(report: SparsityReport, path: str | Path) -> Path:

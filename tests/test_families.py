@@ -55,3 +55,29 @@ def test_encode_matches_pytorch_on_unseen_text(family, tiny_folder, tmp_path):
         got = load(out, backend=backend).encode(texts, batch_size=2)
         assert got.shape == ref.shape
         np.testing.assert_allclose(got[mask], ref[mask], atol=1e-4)
+
+
+UNSEEN = ["a b", "Completely DIFFERENT words appear here, with punctuation!", "naïve café — déjà vu? 🙂",
+          "x" * 300, " ".join(["long"] * 120), "Why?"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bundled_tokenizer_gives_transformers_ids_on_unseen_texts_and_pairs(family, tmp_path):
+    """The tokenizer.json an artifact bundles (WordPiece, Unigram, byte-level BPE, each with its family's templates)
+    gives the ids, types and masks of the transformers tokenizer the model was trained with: single texts and pairs,
+    accents, emoji, and inputs truncated at max length (longest-first for pairs)."""
+    from bertship.runtimes.tokenizer import TextEncoder
+
+    model, tok = tiny.build(family, "question-answering")
+    tok.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    inputs = FAMILY_TABLE[family].for_config(model.config).inputs
+    encoder = TextEncoder(tmp_path / "tokenizer.json", {"max_length": tiny.MAX_POSITIONS, "pad_id": tok.pad_token_id,
+                                                         "input_names": inputs})
+    for pairs in (None, UNSEEN[::-1]):
+        ref = tok(UNSEEN, pairs, padding=True, truncation=True, max_length=tiny.MAX_POSITIONS,
+                  return_token_type_ids=True, return_tensors="np")
+        got = encoder(UNSEEN, pairs)
+        assert list(got) == list(inputs)
+        for name in inputs:
+            np.testing.assert_array_equal(got[name], ref[name], err_msg=f"{family} {name} pairs={pairs is not None}")
+    assert ("token_type_ids" in inputs) == (family not in NO_TYPES)

@@ -132,6 +132,18 @@ def test_bad_arguments_write_nothing(tiny_folder, tmp_path, capsys, argv, code, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_heads_of_a_family_that_cannot_drop_them_are_refused(tiny_folder, tmp_path, capsys):
+    """MPNet's per-head position bias is shared by all layers: pruning heads could never be compacted, so --heads
+    exits 2 naming why and what to do; --ffn alone works."""
+    out = tmp_path / "x"
+    folder = str(tiny_folder("mpnet", "sequence-classification"))
+    assert main(["prune", folder, "--out", str(out), "--heads", "25%"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "position bias" in err and "--ffn" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert main(["prune", folder, "--out", str(out), "--ffn", "25%"]) == 0
+
+
 def test_data_needs_a_trained_classification_head(tiny_folder, labelled, tmp_path, capsys):
     assert main(["prune", str(tiny_folder("bert", "feature-extraction")), "--heads", "50%", "--data", str(labelled),
                  "--out", str(tmp_path / "x")]) == 3
