@@ -29,6 +29,7 @@ class Family:
     # modules whose @torch.jit.script helpers are traced as the Python they were written in: scripted, their shape
     # branches export as If nodes with outputs of dynamic rank, which OpenVINO's CPU plugin refuses to compile
     script_modules: tuple[str, ...] = ()
+    window: str = ""  # config attribute of a local (sliding-window) attention span: golden texts then go past it
 
     def for_config(self, config) -> Family:
         """The family as one checkpoint uses it: without token_type_ids where its config has no token-type embedding
@@ -94,7 +95,7 @@ FAMILIES: dict[str, Family] = {
         Family("modernbert", ("modernbert",), WITHOUT_TYPES, 0, _FP32, _fusions(attention=None, gelu="Gelu"),
                "attention is not fused: the fused QKV projection, rotary embeddings and the sliding-window mask match "
                "no ONNX Runtime 1.32 attention fusion; the GLU's activation fuses as Gelu (ModernBERT's linears have "
-               "no bias, so there is no BiasGelu) and the embedding LayerNorm stays plain"),
+               "no bias, so there is no BiasGelu) and the embedding LayerNorm stays plain", window="local_attention"),
     )
 }
 

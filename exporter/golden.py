@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from importlib import resources
 
 import numpy as np
@@ -38,9 +39,28 @@ def golden_texts(source: Source) -> tuple[list[str], list[str] | None]:
         if i % 2 == 1 and i // 2 < len(short):
             texts.append(short[i // 2])
     texts += short[len(long) // 2 :]
+    texts += long_texts(source)
     if not source.task.text_pairs:
         return texts, None
     return texts, texts[1:] + texts[:1]
+
+
+def long_texts(source: Source) -> list[str]:
+    """For a family with local (sliding-window) attention, two texts that run past the window: about 1.5 windows and
+    min(max length, 4 windows) tokens, made of the shipped sentences. Every golden check then covers tokens that see
+    only part of the sequence in local layers, batched with short texts (padding past the window); the length sweep
+    covers one input of each length up to the max length."""
+    attr = getattr(getattr(source, "family", None), "window", "")
+    window = getattr(source.model.config, attr, None) if attr else None
+    if not window or source.max_length <= window:
+        return []
+    found = []
+    for target in sorted({min(source.max_length, window * 3 // 2), min(source.max_length, 4 * window)}):
+        pool, words = itertools.cycle(sentences()), []
+        while len(source.tokenizer(" ".join(words), verbose=False)["input_ids"]) < target:
+            words.append(next(pool))
+        found.append(" ".join(words))
+    return found
 
 
 def golden_feeds(source: Source, texts: list[str], pairs: list[str] | None) -> list[dict[str, np.ndarray]]:

@@ -66,18 +66,23 @@ def backend_checks(
 
 
 OTHER_BATCH = 5  # the golden batches hold 8: a second arrangement gives every text other batch-mates and padding
-# The length sweep: one input of every length up to SWEEP_DENSE tokens, then every 8th up to the max length. Runtimes
-# pick kernels by shape, and one can be wrong at one shape only: OpenVINO 2026.4 ran an int8 model with a bf16 hint
-# wrong at exactly 32 tokens in a batch of one (cosine 0.85; 0.998 at 31 and 33), which no golden text hit.
+# The length sweep: one input of every length up to SWEEP_DENSE tokens, then every 8th up to SWEEP_LONG, then doubling
+# up to the max length. Runtimes pick kernels by shape, and one can be wrong at one shape only: OpenVINO 2026.4 ran an
+# int8 model with a bf16 hint wrong at exactly 32 tokens in a batch of one (cosine 0.85; 0.998 at 31 and 33), which no
+# golden text hit. Past 512 tokens (long-context encoders such as ModernBERT, 8192) every 8th length would cost
+# thousands of forward passes, so the lengths double there: 1024, 2048, …, and the max length itself.
 SWEEP_DENSE = 130
 SWEEP_STEP = 8
+SWEEP_LONG = 512
 
 
 def sweep_lengths(max_length: int) -> list[int]:
     """The sequence lengths the length sweep runs: 3 (two special tokens and one more) to max_length."""
     dense = range(3, min(max_length, SWEEP_DENSE) + 1)
-    sparse = range(SWEEP_DENSE + SWEEP_STEP, max_length + 1, SWEEP_STEP)
-    return sorted(set(dense) | set(sparse) | ({max_length} if max_length >= 3 else set()))
+    sparse = range(SWEEP_DENSE + SWEEP_STEP, min(max_length, SWEEP_LONG) + 1, SWEEP_STEP)
+    doubling = [SWEEP_LONG * 2 ** i for i in range(1, 16) if SWEEP_LONG * 2 ** i <= max_length]
+    ends = {max_length, min(max_length, SWEEP_LONG)} if max_length >= 3 else set()
+    return sorted(set(dense) | set(sparse) | set(doubling) | ends)
 
 
 def sweep_feeds(feeds: Feeds, max_length: int) -> Feeds:

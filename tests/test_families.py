@@ -81,3 +81,30 @@ def test_bundled_tokenizer_gives_transformers_ids_on_unseen_texts_and_pairs(fami
         for name in inputs:
             np.testing.assert_array_equal(got[name], ref[name], err_msg=f"{family} {name} pairs={pairs is not None}")
     assert ("token_type_ids" in inputs) == (family not in NO_TYPES)
+
+
+def test_modernbert_is_exact_past_its_local_window(tiny_folder, tmp_path):
+    """ModernBERT's local layers see a 16-token window here (max length 64): the golden set holds texts past it, and
+    both runtimes match PyTorch on one padded batch mixing lengths below, at and past the window up to max length."""
+    import torch
+    import transformers
+
+    folder = tiny_folder("modernbert", "feature-extraction")
+    out = export(folder, out=tmp_path / "art", log=lambda _: None)
+    window = transformers.AutoConfig.from_pretrained(folder).local_attention
+    with np.load(out / "golden.npz", allow_pickle=False) as golden_file:
+        longest = max(int(golden_file[k].sum(1).max()) for k in golden_file.files if k.endswith("attention_mask"))
+    assert longest == tiny.MAX_POSITIONS > 2 * window
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+    prose = "The quarterly results were better than anyone expected, and the shares rose sharply. " * 8
+    texts = [prose[:n] for n in (4, 30, 60, 120, 600)]
+    enc = tok(texts, padding=True, truncation=True, max_length=tiny.MAX_POSITIONS, return_tensors="pt")
+    lengths = enc["attention_mask"].sum(1).tolist()
+    assert min(lengths) < window // 2 < window < max(lengths) == tiny.MAX_POSITIONS
+    with torch.no_grad():
+        ref = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state.numpy()
+    mask = enc["attention_mask"].numpy().astype(bool)
+    for backend in ("onnxruntime", "openvino"):
+        got = load(out, backend=backend).encode(texts, batch_size=len(texts))
+        np.testing.assert_allclose(got[mask], ref[mask], atol=1e-4, err_msg=backend)

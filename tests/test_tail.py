@@ -111,6 +111,10 @@ def test_length_sweep_covers_every_length_and_catches_one_wrong_shape():
     assert sweep_lengths(40) == list(range(3, 41))
     assert sweep_lengths(256)[:3] == [3, 4, 5] and 130 in sweep_lengths(256) and 131 not in sweep_lengths(256)
     assert sweep_lengths(256)[-1] == 256 and 138 in sweep_lengths(256)
+    assert sweep_lengths(512)[-2:] == [506, 512]  # unchanged up to 512: artifacts made before keep their rows
+    long = sweep_lengths(8192)  # ModernBERT: every 8th to 512, then doubling
+    assert 512 in long and 520 not in long and long[-4:] == [1024, 2048, 4096, 8192]
+    assert sweep_lengths(600)[-2:] == [512, 600]
     ids = np.array([[101, 7, 8, 9, 102], [101, 11, 102, 0, 0]])
     feed = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64), "token_type_ids": np.zeros_like(ids)}
     sweep = sweep_feeds([feed], 40)
