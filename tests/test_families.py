@@ -108,3 +108,22 @@ def test_modernbert_is_exact_past_its_local_window(tiny_folder, tmp_path):
     for backend in ("onnxruntime", "openvino"):
         got = load(out, backend=backend).encode(texts, batch_size=len(texts))
         np.testing.assert_allclose(got[mask], ref[mask], atol=1e-4, err_msg=backend)
+
+
+@pytest.mark.parametrize("family", ["modernbert", "deberta-v2"])
+def test_deploy_serves_the_family_inputs_unchanged(family, task_artifact, tmp_path):
+    """deploy works unchanged for families without token_type_ids: the Triton encoder takes exactly the artifact's
+    inputs, and the ensemble's tokenizer model produces them (pairs for question answering)."""
+    from bertship.runtimes import artifact, deploy
+    from tests.test_deploy import mc, parse
+
+    if mc is None:
+        pytest.skip("parsing config.pbtxt needs Triton's schema (tritonclient[grpc], in the [deploy] extra)")
+    art = task_artifact("question-answering", family)
+    names = [i["name"] for i in artifact.read_manifest(art)["signature"]["inputs"]]
+    assert names == ["input_ids", "attention_mask"]
+    for backend in ("onnxruntime", "openvino"):
+        deploy.triton(art, tmp_path / backend, backend=backend, name="enc")
+        assert [i.name for i in parse(tmp_path / backend / "enc").input] == names
+        tokenizer_outputs = [o.name for o in parse(tmp_path / backend / "enc_tokenizer").output]
+        assert tokenizer_outputs == names
