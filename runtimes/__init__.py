@@ -14,6 +14,7 @@ from .errors import (
     FidelityError,
     FusionError,
     MachineError,
+    ServeError,
     SourceError,
     UsageError,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "FusionError",
     "MachineError",
     "Model",
+    "ServeError",
     "SourceError",
     "UsageError",
     "load",

@@ -2,6 +2,9 @@
 
     triton(ART, out)   <name>/ (the encoder, ONNX Runtime or OpenVINO backend), <name>_tokenizer/ (Python backend:
                        text -> token ids with the artifact's tokenizer.json), <name>_ensemble/ (clients send text)
+    triton(ART, out, backend="python")
+                       <name>/ only: Triton's Python backend runs the bertship runtime (triton_model.py) on a copy of
+                       the artifact; clients send text and get the task's results (see PYTHON_OUTPUTS)
     ovms(ART, out)     <name>/1/model.xml + .bin and config.json (model_config_list); clients send token ids
 
 Both check the artifact's checksums first, write into a temporary folder beside `out` and rename it into place, and
@@ -19,9 +22,21 @@ from typing import Any
 
 from . import artifact, backends
 from .errors import UsageError
+from .tokenizer import check_truncation
 
 RECORD = "bertship-deploy.json"
-TRITON_BACKENDS = ("onnxruntime", "openvino")
+TRITON_BACKENDS = ("onnxruntime", "openvino", "python")
+# What the Python-backend model returns per task, one row per text: (name, dtype, dims after the batch axis); "hidden"
+# and "labels" are read from the model file. The model code (triton_model.py) computes exactly these.
+PYTHON_OUTPUTS: dict[str, list[tuple[str, str, list[Any]]]] = {
+    "sentence-embedding": [("EMBEDDING", "float32", ["hidden"])],
+    "feature-extraction": [("EMBEDDING", "float32", ["hidden"])],
+    "sequence-classification": [("LOGITS", "float32", ["labels"]), ("LABEL", "string", [1]),
+                                ("SCORE", "float32", [1])],
+    "question-answering": [("ANSWER", "string", [1]), ("SCORE", "float32", [1]), ("START", "int64", [1]),
+                           ("END", "int64", [1])],
+    "token-classification": [("TAGS", "string", [1])],  # per text, a JSON list of {word, label, score, start, end}
+}
 TRITON_DTYPES = {"int64": "TYPE_INT64", "int32": "TYPE_INT32", "float32": "TYPE_FP32", "float16": "TYPE_FP16",
                  "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
 # Triton's OpenVINO backend can only force bf16 (HINT_BF16); it has no way to ask for f32, so on CPUs with
@@ -33,10 +48,14 @@ OPENVINO_TRITON_NOTE = ("Triton's OpenVINO backend cannot set INFERENCE_PRECISIO
 
 def triton(path: str | Path, out: str | Path, *, backend: str = "onnxruntime", max_batch: int = 32,
            instances: int = 1, threads: int | None = None, name: str | None = None, pairs: bool | None = None,
+           runtime: str | None = None, truncation: str = "truncate", bucket_size: int = 16,
            force: bool = False) -> dict[str, Any]:
-    """Write a Triton model repository (encoder + Python tokenizer + ensemble) for an artifact; returns the record.
+    """Write a Triton model repository for an artifact; returns the record.
 
-    pairs=True adds a TEXT_PAIR input (e.g. sentence-pair classification); None: as the task is used (QA: yes).
+    backend "onnxruntime"/"openvino": encoder + Python tokenizer + ensemble; "python": one Python-backend model that
+    runs the bertship runtime (`runtime`: the artifact's backend it loads, default its first; `truncation` and
+    `bucket_size` as in `load`/`encode`). pairs=True adds a TEXT_PAIR input (e.g. sentence-pair classification);
+    None: as the task is used (QA: yes).
     """
     if backend not in TRITON_BACKENDS:
         raise UsageError(f"unknown Triton backend {backend!r} — choose from: {', '.join(TRITON_BACKENDS)}")
@@ -44,6 +63,13 @@ def triton(path: str | Path, out: str | Path, *, backend: str = "onnxruntime", m
     _positive("--instances", instances)
     if threads is not None:
         _positive("--threads", threads)
+    if backend == "python":
+        return _triton_python(path, out, max_batch=max_batch, instances=instances, threads=threads, name=name,
+                              pairs=pairs, runtime=runtime, truncation=truncation, bucket_size=bucket_size,
+                              force=force)
+    if runtime is not None:
+        raise UsageError(f"--runtime is for --backend python; the {backend} backend runs the artifact's {backend} "
+                         "model — drop --runtime, or pass --backend python")
     root, manifest, name, out = _prepare(path, out, backend, name, force)
     outputs = _output_dims(root, manifest, backend)
     inputs = [i["name"] for i in manifest["signature"]["inputs"]]
@@ -86,6 +112,64 @@ def triton(path: str | Path, out: str | Path, *, backend: str = "onnxruntime", m
     record = {"target": "triton", "backend": backend, "models": [name, f"{name}_tokenizer", f"{name}_ensemble"],
               "text_inputs": texts, "notes": notes}
     return _publish(out, force, write, _record(root, manifest, record))
+
+
+def _triton_python(path: str | Path, out: str | Path, *, max_batch: int, instances: int, threads: int | None,
+                   name: str | None, pairs: bool | None, runtime: str | None, truncation: str, bucket_size: int,
+                   force: bool) -> dict[str, Any]:
+    """The Python-backend layout: <name>/config.pbtxt, <name>/1/model.py and <name>/1/artifact/ (one runtime's files)."""
+    _positive("--bucket-size", bucket_size)
+    check_truncation(truncation)
+    manifest = artifact.read_manifest(path)
+    built = list(manifest.get("backends", {}))
+    runtime = runtime or (built[0] if built else "onnxruntime")
+    if runtime not in built:
+        raise UsageError(f"the artifact has no {runtime!r} model (it has {', '.join(built) or 'none'}) — pass "
+                         f"--runtime {' or '.join(built) or 'onnxruntime'}")
+    root, manifest, name, out = _prepare(path, out, runtime, name, force)
+    task = manifest["task"]["name"]
+    if task not in PYTHON_OUTPUTS:
+        raise UsageError(f"task {task!r} has no Python-backend outputs here — use --backend onnxruntime")
+    pairs = bool(manifest["tokenizer"].get("text_pairs")) if pairs is None else pairs
+    if task == "question-answering" and not pairs:
+        raise UsageError("question-answering needs a question and a context per request — drop --no-pairs")
+    texts = ["TEXT", "TEXT_PAIR"] if pairs else ["TEXT"]
+    last = _output_dims(root, manifest, runtime)[0][-1]  # hidden size or label count: the first output's last axis
+    outputs = [(n, dtype, [last if d in ("hidden", "labels") else d for d in dims])
+               for n, dtype, dims in PYTHON_OUTPUTS[task]]
+    params = {"runtime": runtime, "threads": threads or "", "truncation": truncation, "bucket_size": bucket_size,
+              "text_pairs": "true" if pairs else "false"}
+
+    def write(staging: Path) -> None:
+        version = staging / name / "1"
+        _copy_artifact(root, manifest, runtime, version / "artifact")
+        _copy_runtime(version)
+        shutil.copyfile(Path(__file__).with_name("triton_model.py"), version / "model.py")
+        _write_config(staging / name, name, 'backend: "python"', [(t, "string", [1]) for t in texts], outputs,
+                      params, max_batch=max_batch, instances=instances)
+
+    record = {"target": "triton", "backend": "python", "runtime": runtime, "models": [name], "text_inputs": texts,
+              "outputs": [o[0] for o in outputs], "truncation": truncation, "notes": []}
+    return _publish(out, force, write, _record(root, manifest, record))
+
+
+def _copy_artifact(root: Path, manifest: dict[str, Any], runtime: str, dest: Path) -> None:
+    """What `load(dest, backend=runtime)` needs: manifest, tokenizer and that runtime's files, paths kept."""
+    for rel in sorted({artifact.MANIFEST} | artifact.backend_files(manifest, runtime)):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rel, dest / rel)
+
+
+def _copy_runtime(version: Path) -> None:
+    """This bertship runtime (torch-free, numpy + tokenizers + the backend) as `bertship.runtimes` beside model.py:
+    the Python backend puts the version folder on sys.path, so the server's environment needs no bertship install
+    and runs exactly the runtime that wrote the repository."""
+    package = version / "bertship" / "runtimes"
+    package.mkdir(parents=True)
+    (version / "bertship" / "__init__.py").write_text('"""The bertship runtime, copied here by `bertship deploy`."""\n',
+                                                      encoding="utf-8")
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        shutil.copyfile(source, package / source.name)
 
 
 def ovms(path: str | Path, out: str | Path, *, name: str | None = None, threads: int | None = None,

@@ -90,6 +90,13 @@ class MemoryNeedError(BertshipError):
     exit_code = 12
 
 
+class ServeError(BertshipError):
+    """Raised by `bertship deploy … --check` when the model server fails to start or to load the repository, or stops
+    answering while it is checked; names the server's log."""
+
+    exit_code = 13
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with the traceback from --debug)",
@@ -104,4 +111,5 @@ EXIT_CODES: dict[int, str] = {
     FusionError.exit_code: "graph optimization incomplete: an expected fused op is missing (names op and layers)",
     DestinationError.exit_code: "the output folder cannot be written (read-only place, a file in the way, disk full)",
     MemoryNeedError.exit_code: "not enough free memory for the export as estimated from the weights (names the need)",
+    ServeError.exit_code: "deploy --check: the model server failed to start, to load the repository, or to answer",
 }

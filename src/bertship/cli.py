@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from bertship.runtimes.errors import EXIT_CODES, BackendMissingError, BertshipError
@@ -129,7 +130,15 @@ def _parser() -> argparse.ArgumentParser:
     tr = targets.add_parser("triton", help="encoder + Python-backend tokenizer + ensemble (clients send text)")
     tr.add_argument("artifact")
     tr.add_argument("--out", required=True, help="model repository to write (refused if it exists, unless --force)")
-    tr.add_argument("--backend", default="onnxruntime", help="onnxruntime or openvino (default: %(default)s)")
+    tr.add_argument("--backend", default="onnxruntime",
+                    help="onnxruntime, openvino (encoder + tokenizer + ensemble) or python (the bertship runtime inside Triton's Python backend: text in, task results out; "
+                    "default: %(default)s)")
+    tr.add_argument("--runtime", default=None, help="--backend python: the artifact's backend it runs, onnxruntime "
+                    "or openvino (default: the artifact's first)")
+    tr.add_argument("--truncation", default="truncate", help="--backend python: truncate (default) or error (a text "
+                    "past the max length gets an error response)")
+    tr.add_argument("--bucket-size", type=int, default=16, help="--backend python: texts per length bucket within "
+                    "a dynamic batch (default: %(default)s)")
     tr.add_argument("--max-batch", type=int, default=32, help="max_batch_size of each model (default: %(default)s)")
     tr.add_argument("--instances", type=int, default=1, help="CPU instances per model (default: %(default)s)")
     tr.add_argument("--threads", type=int, default=None, help="threads per encoder instance (default: the backend's)")
@@ -137,12 +146,14 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=None,
                     help="take a TEXT_PAIR input too (default: only for question-answering)")
     tr.add_argument("--force", action="store_true", help="replace an existing repository at --out")
+    _check_options(tr)
     ovm = targets.add_parser("ovms", help="OpenVINO IR + config.json for OpenVINO Model Server (clients send token ids)")
     ovm.add_argument("artifact")
     ovm.add_argument("--out", required=True, help="folder to write (refused if it exists, unless --force)")
     ovm.add_argument("--threads", type=int, default=None, help="INFERENCE_NUM_THREADS (default: OpenVINO's)")
     ovm.add_argument("--name", default=None, help="model name (default: from the artifact folder)")
     ovm.add_argument("--force", action="store_true", help="replace an existing folder at --out")
+    _check_options(ovm)
 
     pf = sub.add_parser("profiles", help="list the device profiles, or show one and whether this machine fits it")
     pf.add_argument("action", nargs="?", choices=["show"], help="show NAME: print one profile")
@@ -169,6 +180,18 @@ def _parser() -> argparse.ArgumentParser:
             bc.add_argument("--results", default=None, help="judge this bench JSON instead of measuring")
             bc.add_argument("--junit", default=None, help="write one JUnit testcase per check to this XML file")
     return parser
+
+
+def _check_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--check", action="store_true",
+                        help="then start a real server on it (localhost), check the golden texts over HTTP and gRPC "
+                             "against the golden outputs, and time it (needs the serve extra)")
+    parser.add_argument("--server-python", default=None, help="--check: the Python whose environment runs the server "
+                        "and its Python backend (default: .serve-env/bin/python where it exists, else this one; see "
+                        "docs/serving.md)")
+    parser.add_argument("--clients", type=int, default=8,
+                        help="--check: concurrent clients timed (default: %(default)s)")
+    parser.add_argument("--requests", type=int, default=200, help="--check: requests timed (default: %(default)s)")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -305,9 +328,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from bertship.runtimes import deploy
 
+    if args.check and (args.clients < 1 or args.requests < 1):
+        from bertship.runtimes.errors import UsageError
+
+        raise UsageError(f"--clients {args.clients} / --requests {args.requests} — pass positive numbers")
     if args.target == "triton":
         record = deploy.triton(args.artifact, args.out, backend=args.backend, max_batch=args.max_batch,
                                instances=args.instances, threads=args.threads, name=args.name, pairs=args.pairs,
+                               runtime=args.runtime, truncation=args.truncation, bucket_size=args.bucket_size,
                                force=args.force)
     else:
         record = deploy.ovms(args.artifact, args.out, threads=args.threads, name=args.name, force=args.force)
@@ -315,8 +343,29 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         print(f"bertship: note: {note}", file=sys.stderr)
     print(f"wrote {record['out']}: {record['target']} layout with model(s) {', '.join(record['models'])} "
           f"({record['backend']}, {record['task']})")
+    if args.check:
+        _check_deployment(args, record)
     return 0
 
+
+def _check_deployment(args: argparse.Namespace, record: dict) -> None:
+    from bertship.runtimes import serve_check
+
+    if record["target"] == "ovms":
+        serve_check.check_ovms(args.artifact, args.out)
+    local_env = Path(".serve-env/bin/python")
+    server_python = args.server_python or (str(local_env) if local_env.exists() else None)
+    report = serve_check.check_triton(args.artifact, args.out, server_python=server_python,
+                                      clients=args.clients, requests=args.requests,
+                                      log=lambda m: print(f"[bertship] check    {m}", file=sys.stderr))
+    for where, rep in report["fidelity"].items():
+        detail = (f"min cosine {rep['cosine_min']:.6f}" if "cosine_min" in rep else
+                  f"agreement {rep.get('answer_agreement', rep.get('words_agree')):.3f}")
+        print(f"{where:<14} ok  {rep['output']} max|diff| {rep['max_abs_diff']:.2e}  {detail}")
+    load = report["load"]
+    print(f"served {report['texts']} golden texts over HTTP and gRPC within the artifact's limits; "
+          f"{load['requests']} requests from {load['clients']} clients: p50 {load['latency_ms_p50']:.1f} ms, "
+          f"p99 {load['latency_ms_p99']:.1f} ms, {load['throughput_rps']:.1f} requests/s ({report['server']})")
 
 
 def _cmd_profiles(args: argparse.Namespace) -> int:

@@ -1,0 +1,122 @@
+"""Triton Python-backend model that serves a bertship artifact with the bertship runtime: text in, task results out.
+
+`bertship deploy triton ART --backend python` copies this file as `<name>/1/model.py` and the artifact's manifest,
+tokenizer and one runtime's model files into `<name>/1/artifact/`. It runs inside Triton's Python backend and imports
+only the bertship runtime, numpy and `triton_python_backend_utils`; bertship itself never imports it. Its settings
+(runtime, threads, truncation, bucket size, pairs) come from the `parameters` of the model's config.pbtxt.
+
+Triton's dynamic batcher hands `execute` several requests at once: their texts are run together, sorted by token
+length in buckets of `bucket_size` (so each bucket is padded only to its own longest text), and the results are put
+back per request. A request with bad text gets an error response; the other requests of the batch are unaffected.
+"""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from bertship.runtimes import UsageError, load, tasks
+
+
+class TritonPythonModel:
+    """TEXT (and TEXT_PAIR) [batch, 1] bytes -> the task's outputs, one row per text (see OUTPUTS in deploy.py)."""
+
+    def initialize(self, args):
+        """Load the artifact copied beside this file with the settings from the model config."""
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        folder = os.path.join(args["model_repository"], args["model_version"], "artifact")
+        threads = int(params["threads"]) if params.get("threads") else None
+        self.model = load(folder, backend=params["runtime"], threads=threads, truncation=params["truncation"])
+        self.bucket = int(params["bucket_size"])
+        self.pairs = params.get("text_pairs", "false") == "true"
+        self.run = {"sentence-embedding": self._embed, "feature-extraction": self._embed,
+                    "sequence-classification": self._classify, "question-answering": self._answer,
+                    "token-classification": self._tag}[self.model.task]
+
+    def execute(self, requests):
+        """One response per request, in order; every valid request's texts run together in length buckets."""
+        responses = [None] * len(requests)
+        good = []
+        for i, request in enumerate(requests):
+            try:
+                good.append((i, *self._texts(request)))
+            except UsageError as exc:
+                responses[i] = _error(exc)
+        if good:
+            try:
+                self._respond(good, responses)
+            except UsageError:
+                # One request's texts broke the joint run (e.g. too long under truncation="error"): run each request
+                # alone so only that one gets the error.
+                for item in good:
+                    try:
+                        self._respond([item], responses)
+                    except UsageError as exc:
+                        responses[item[0]] = _error(exc)
+        return responses
+
+    def _respond(self, items, responses):
+        texts = [t for _, ts, _ in items for t in ts]
+        pairs = [p for _, _, ps in items for p in ps] if self.pairs else None
+        columns = self.run(texts, pairs)
+        start = 0
+        for index, ts, _ in items:
+            rows = slice(start, start + len(ts))
+            start += len(ts)
+            tensors = [pb_utils.Tensor(name, value[rows]) for name, value in columns.items()]
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def _texts(self, request):
+        texts = _strings(pb_utils.get_input_tensor_by_name(request, "TEXT"), "TEXT")
+        pairs = _strings(pb_utils.get_input_tensor_by_name(request, "TEXT_PAIR"), "TEXT_PAIR") if self.pairs else []
+        if self.pairs and len(pairs) != len(texts):
+            raise UsageError(f"got {len(texts)} TEXT but {len(pairs)} TEXT_PAIR — send one pair per text")
+        return texts, pairs
+
+    def _embed(self, texts, pairs):
+        return {"EMBEDDING": self.model.embed(texts, batch_size=self.bucket).astype(np.float32)}
+
+    def _classify(self, texts, pairs):
+        logits = np.asarray(self.model.encode(texts, pairs, batch_size=self.bucket), dtype=np.float32)
+        labels = tasks.label_names(self.model.manifest["task"], logits.shape[-1])
+        best = [row[0] for row in tasks.top_labels(logits, labels, 1)]
+        return {"LOGITS": logits, "LABEL": _bytes([b["label"] for b in best]),
+                "SCORE": np.array([[b["score"]] for b in best], dtype=np.float32)}
+
+    def _answer(self, texts, pairs):
+        spans = self.model.answer(texts, pairs, batch_size=self.bucket)
+        return {"ANSWER": _bytes([s["answer"] for s in spans]),
+                "SCORE": np.array([[s["score"]] for s in spans], dtype=np.float32),
+                "START": np.array([[s["start"]] for s in spans], dtype=np.int64),
+                "END": np.array([[s["end"]] for s in spans], dtype=np.int64)}
+
+    def _tag(self, texts, pairs):
+        return {"TAGS": _bytes([json.dumps(t, ensure_ascii=False) for t in self.model.tag(texts, batch_size=self.bucket)])}
+
+
+def _bytes(strings):
+    """[n, 1] object array of UTF-8 bytes: Triton's BYTES tensor."""
+    return np.array([[s.encode("utf-8")] for s in strings], dtype=np.object_)
+
+
+def _error(exc):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
+
+
+def _strings(tensor, name):
+    """A [batch, 1] BYTES tensor as a list of str; UsageError on a missing or empty input or bytes that are not UTF-8."""
+    if tensor is None:
+        raise UsageError(f"the request has no {name} input — send {name} as BYTES [batch, 1]")
+    texts = []
+    for i, item in enumerate(np.asarray(tensor.as_numpy(), dtype=object).reshape(-1)):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UsageError(f"{name}[{i}] is not UTF-8 ({exc.reason} at byte {exc.start}) — send UTF-8 text")
+        texts.append(str(item))
+    if not texts:
+        raise UsageError(f"{name} is empty — send at least one text")
+    return texts
