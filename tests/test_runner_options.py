@@ -105,3 +105,24 @@ def test_cuda_keeps_fp32_math_for_fp32_artifacts():
     asked = [("CUDAExecutionProvider", {"use_tf32": "1"})]
     assert session_providers(asked, "fp32") == asked  # an explicit choice stands
     assert cuda[0][1] == {"device_id": 0}  # the caller's options are not changed
+
+
+def test_export_threads_limit_the_pytorch_reference_passes(tiny_folder, tmp_path, monkeypatch):
+    """--threads holds for PyTorch's golden and sweep references too (restored afterwards): on a busy machine PyTorch's
+    one-thread-per-core default made a base-size export's reference passes 50x slower."""
+    import torch
+
+    from bertship.exporter import export, golden
+
+    seen = []
+    original = golden.reference_outputs
+
+    def spy(source, feeds):
+        seen.append(torch.get_num_threads())
+        return original(source, feeds)
+
+    monkeypatch.setattr(golden, "reference_outputs", spy)
+    before = torch.get_num_threads()
+    export(tiny_folder("bert", "feature-extraction"), out=tmp_path / "a", backends="onnxruntime", threads=1,
+           log=lambda _: None)
+    assert seen == [1] and torch.get_num_threads() == before
