@@ -36,13 +36,23 @@ def test_cpu_sessions_keep_add_and_layernorm_apart(int8_artifact, tmp_path):
     assert model.runner.disabled_optimizers == CPU_DISABLED_OPTIMIZERS
 
 
-def test_both_settings_give_the_same_outputs(int8_artifact):
+def test_both_settings_give_the_same_outputs(int8_artifact, tiny_artifact):
+    """Keeping Add and LayerNormalization apart changes float round-off only: equal within 1e-4 on the fp32 graph. On
+    the int8-dynamic graph that round-off feeds a per-batch activation quantizer, where a value on a rounding boundary
+    can move one int8 step (CI saw one such value in ~1,700): there every token's vector must keep cosine ≥ 0.9999,
+    which a changed computation would not."""
     import numpy as np
 
     texts = ["a short test", "a somewhat longer sentence for the second row"]
+    fp32 = [load(tiny_artifact, backend="onnxruntime", runner_options=o).run(load(tiny_artifact).tokenizer(texts))
+            for o in (None, {"disabled_optimizers": []})]
+    for name in fp32[0]:
+        assert np.allclose(fp32[0][name], fp32[1][name], atol=1e-4)
     ours = load(int8_artifact, backend="onnxruntime").encode(texts)
     stock = load(int8_artifact, backend="onnxruntime", runner_options={"disabled_optimizers": []}).encode(texts)
-    assert np.allclose(ours, stock, atol=1e-4)
+    a, b = ours.reshape(-1, ours.shape[-1]), stock.reshape(-1, stock.shape[-1])
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.9999
 
 
 def test_gpu_sessions_and_explicit_lists():
