@@ -7,7 +7,10 @@ classic silent BERT slowdown, so it is an error naming the op and the layers, un
 from __future__ import annotations
 
 import logging
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,12 +55,19 @@ def num_layers(config: Any) -> int:
 
 
 def optimize(onnx_path: Path, family: Family, layers: int, out_path: Path | None = None,
-             removed: dict[str, int] | None = None, external_data: str = "auto") -> FusionReport:
-    """Run ONNX Runtime's BERT fusions on the graph; optionally save the fused graph; report counts and gaps.
+             removed: dict[str, int] | None = None) -> FusionReport:
+    """Run ONNX Runtime's BERT fusions on the graph; optionally save the fused graph (its weights in
+    `<out_path>.data`); report counts and gaps.
+
+    The graph is read without its weights: the fusions read the few they rewrite (Q, K and V become one QKV weight)
+    from the data file when they need them, and the fused graph is written tensor by tensor (onnxio.write_external).
+    Loaded whole, the optimizer held 9-11 copies of the weights at its peak (symbolic shape inference copies the
+    model, more than once); this way it holds the rewritten weights only.
 
     `removed`: sublayer applications compaction replaced ({"attention": n, "ffn": n}, CompactionReport.removed_sublayers),
     whose fused ops are not expected.
     """
+    import onnx
     from onnxruntime.transformers.optimizer import optimize_model
 
     # The optimizer logs each fusion at INFO and harmless shape warnings on pruned graphs; the report says it all.
@@ -66,9 +76,15 @@ def optimize(onnx_path: Path, family: Family, layers: int, out_path: Path | None
     levels = [lg.level for lg in quiet]
     for lg in quiet:
         lg.setLevel(logging.ERROR)
+    onnx_path = Path(onnx_path).resolve()
+    proto = onnx.load(str(onnx_path), load_external_data=False)
     try:
-        # opt_level 0: only the Python fusions; ONNX Runtime applies its own graph optimizations at session creation.
-        model = optimize_model(str(onnx_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+        # The weights' data-file locations are relative to the graph's folder, and the optimizer reads them from
+        # the working directory (onnx.numpy_helper.to_array without a base_dir).
+        with _working_dir(onnx_path.parent):
+            # opt_level 0: only the Python fusions; ONNX Runtime applies its own graph optimizations at session
+            # creation.
+            model = optimize_model(proto, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
@@ -87,9 +103,22 @@ def optimize(onnx_path: Path, family: Family, layers: int, out_path: Path | None
                             for m in [_LAYER.search(n.name)] if m}, key=int)
             missing[op] = f"{got} of {want} fused" + (f"; not fused in layer {', '.join(where)}" if where else "")
     if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        model.save_model_to_file(str(out_path), onnxio.wants_external(model.model, external_data))
+        # what OnnxModel.save adds before writing: the contrib-op domain the fused ops live in
+        if any(n.domain == "com.microsoft" for n in model.model.graph.node) and not any(
+                o.domain == "com.microsoft" for o in model.model.opset_import):
+            model.model.opset_import.add(domain="com.microsoft", version=1)
+        onnxio.write_external(model.model, Path(out_path), onnx_path.parent)
     return FusionReport(counts, expected, missing, family.fusion_note)
+
+
+@contextmanager
+def _working_dir(folder: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def check(report: FusionReport, allow_missing: bool) -> None:

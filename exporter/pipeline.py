@@ -149,7 +149,8 @@ def export(
     work = staging / "_work"
     try:
         with stages.stage("export", f"ONNX graph (opset {OPSET})"):
-            plain = to_onnx(source, feeds[0], work / "export.onnx", opts.external_data)
+            # work graphs keep their weights in a data file, so later stages can read the graph without them
+            plain = to_onnx(source, feeds[0], work / "export.onnx", "always")
             if model is None or isinstance(model, (str, Path)):
                 source.release_weights()  # loaded here, so nobody else holds them: free one copy of the weights
         fusion = None
@@ -157,8 +158,7 @@ def export(
             with stages.stage("optimize", "ONNX Runtime transformer fusions"):
                 fusion = graph.optimize(plain, source.family, graph.num_layers(source.model.config),
                                         work / "fused.onnx",
-                                        removed=compaction.removed_sublayers() if compaction else None,
-                                        external_data=opts.external_data)
+                                        removed=compaction.removed_sublayers() if compaction else None)
             log(f"[bertship]          fused: {', '.join(f'{k} {v}' for k, v in fusion.counts.items()) or 'nothing'}")
             if qat_record is None:  # Q/DQ pairs break the float fusion patterns; ORT fuses them its own way at load
                 graph.check(fusion, opts.allow_missing_fusions)

@@ -170,3 +170,53 @@ def test_manifest_lists_data_file_in_report(external):
     report = (external / "report.md").read_text()
     assert "model.onnx.data" in report
     assert json.loads((external / "manifest.json").read_text())["backends"]["openvino"]["files"][0].endswith(".xml")
+
+
+def test_fusions_run_on_a_graph_read_without_its_weights(folder, tmp_path):
+    """graph.optimize reads the graph without its weights and writes the fused one tensor by tensor: the fused graph
+    has its own page-aligned data file (nothing points back at the source's) and keeps the outputs, so the weights
+    the fusions rewrote (Q, K, V concatenated into one) were read right from the data file on demand."""
+    import onnxruntime as ort
+
+    from bertship.exporter import families, graph
+
+    art = export(folder, out=tmp_path / "plain", task="feature-extraction", backends="onnxruntime",
+                 ort_graph="plain", external_data="always", log=lambda _: None)
+    raw = onnxio.copy(art / "onnxruntime" / "model.onnx", tmp_path / "raw" / "model.onnx")
+    fused = tmp_path / "fused" / "model.onnx"
+    report = graph.optimize(raw, families.FAMILIES["bert"], 2, fused)
+    assert report.missing == {} and report.counts["Attention"] == 2
+    assert onnxio.external_files(fused) == {onnxio.data_file(fused)}
+    offsets = [int({e.key: e.value for e in t.external_data}["offset"])
+               for t in onnx.load(str(fused), load_external_data=False).graph.initializer if onnxio.is_external(t)]
+    assert offsets and all(o % onnxio.ALIGN == 0 for o in offsets)
+    rng = np.random.default_rng(1)
+    mask = np.ones((3, 9), np.int64)
+    mask[1, 4:] = 0
+    feeds = {"input_ids": rng.integers(5, 200, (3, 9)).astype(np.int64), "attention_mask": mask,
+             "token_type_ids": np.zeros((3, 9), np.int64)}
+    expect = ort.InferenceSession(str(raw), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    onnxio.data_file(raw).unlink()  # the fused graph must not need the source's data file
+    got = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(got[valid], expect[valid], atol=1e-4)
+
+
+def test_write_external_streams_mixed_inline_and_external_tensors(inline, tmp_path):
+    """A model holding some tensors in memory and some in another data file (what the fusions leave) is written with
+    every large tensor in one new data file, the bytes unchanged."""
+    whole = onnx.load(str(inline / "onnxruntime" / "model.onnx"))
+    half = tmp_path / "half" / "model.onnx"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(whole)
+    onnxio.save(copy, half, "always")  # moves copy's tensors out to half's data file
+    model = onnx.load(str(half), load_external_data=False)
+    big = [t for t in model.graph.initializer if onnxio.is_external(t)]
+    for t in big[::2]:  # every other tensor back in memory, as a fusion's new weights would be
+        t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t, str(half.parent)), t.name))
+    out = onnxio.write_external(model, tmp_path / "out" / "model.onnx", half.parent)
+    assert onnxio.external_files(out) == {onnxio.data_file(out)}
+    back = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    for t in whole.graph.initializer:
+        np.testing.assert_array_equal(back[t.name], onnx.numpy_helper.to_array(t))
+
