@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bertship.runtimes import artifact, backends
 from bertship.runtimes.errors import FidelityError
@@ -13,9 +14,10 @@ from bertship.runtimes.verify import Feeds, backend_checks, tokenizer_failures
 
 def run_gate(
     staging: Path, manifest: dict[str, Any], feeds: Feeds, refs: Feeds, texts: list[str], pairs: list[str] | None,
-    threads: int | None, sweep_refs=None,
+    threads: int | None, sweep_refs=None, log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Check the bundled tokenizer and run every built backend on the golden feeds.
+    """Check the bundled tokenizer and run every built backend on the golden feeds; `log` gets one line per backend
+    with its load and check times (minutes for large models).
 
     Returns the per-backend report; raises FidelityError listing every failing output of every backend.
     """
@@ -23,10 +25,14 @@ def run_gate(
     failures = tokenizer_failures(encoder, texts, pairs, feeds)
     report: dict[str, Any] = {}
     for name, entry in manifest["backends"].items():
+        start = time.perf_counter()
         runner = backends.runner_class(name)(staging / entry["model"], threads, entry.get("options"))
+        loaded = time.perf_counter() - start
         report[name], failed = backend_checks(runner, manifest, feeds, refs, texts, sweep_refs)
         failures += failed
         del runner  # one backend's session (weights, pre-packed kernels) in memory at a time
+        if log is not None:
+            log(f"[bertship]          {name}: session {loaded:.1f} s, checks {time.perf_counter() - start - loaded:.1f} s")
     if failures:
         recipe = manifest["recipe"]["name"]
         if any("depend on batch-mates" in f for f in failures):

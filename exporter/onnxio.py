@@ -9,6 +9,7 @@ tests force the large-model path with it on tiny models).
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,11 @@ def tensor_bytes(model) -> int:
 def tensors(graph) -> Iterator:
     """Every TensorProto of a graph: initializers, and tensors held in node attributes (subgraphs included)."""
     yield from graph.initializer
+    yield from attribute_tensors(graph)
+
+
+def attribute_tensors(graph) -> Iterator:
+    """Tensors held in node attributes (Constant values), subgraphs' initializers included."""
     for node in graph.node:
         for a in node.attribute:
             if a.HasField("t"):
@@ -128,6 +134,11 @@ def write_inline(model, path: Path, source_dir: Path) -> Path:
     Serialized whole, a graph under 2 GB costs a copy of the model in bytes on top of the model in memory."""
     import onnx
 
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    for t in attribute_tensors(model.graph):  # tensors in node attributes (small) come back into memory
+        if is_external(t):
+            load_external_data_for_tensor(t, str(source_dir))
     inits = [onnx.TensorProto() for _ in model.graph.initializer]
     for t, src in zip(inits, model.graph.initializer):
         t.CopyFrom(src)  # external ones are small: their bytes stay on disk
@@ -198,8 +209,10 @@ def write_external(model, path: Path, source_dir: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = data_file(path)
     partial = data.with_name(data.name + ".partial")
+    # tensors in node attributes move only when already external (onnx.save's convert_attribute=False)
+    moving = itertools.chain(model.graph.initializer, (t for t in attribute_tensors(model.graph) if is_external(t)))
     with open(partial, "wb") as out:
-        for t in tensors(model.graph):
+        for t in moving:
             if is_external(t):
                 info = _info(t)
                 if source_dir is None:

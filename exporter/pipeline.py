@@ -117,13 +117,20 @@ def export(
                     "available")
 
     with stages.stage("load", "checking and loading the model"), torch_threads(opts.threads):
+        clock = time.perf_counter()
         source = _load(model, tokenizer, opts)
         qat_record = _check_qat(source, recipe)
         texts, pairs = golden.golden_texts(source)
         feeds = golden.golden_feeds(source, texts, pairs)
+        took, clock = time.perf_counter() - clock, time.perf_counter()
         # references come from the model as given, so the gate also proves that compaction changed nothing
         refs = golden.reference_outputs(source, feeds)
+        golden_s, clock = time.perf_counter() - clock, time.perf_counter()
+        # the slow part for large models: one PyTorch forward per length, up to the model's maximum
+        log(f"[bertship]          weights {took:.1f} s, PyTorch references for {len(texts)} golden texts "
+            f"{golden_s:.1f} s; now the length sweep (one input per length to {source.max_length} tokens) …")
         sweep_refs = golden.sweep_references(source, feeds)
+        log(f"[bertship]          length sweep: {len(sweep_refs)} lengths in {time.perf_counter() - clock:.1f} s")
     embedding = source.task.name in EMBEDDING_TASKS
     if min_cos is not None and not embedding:
         raise UsageError(_MIN_COSINE_TASK.format(task=source.task.name))
@@ -211,7 +218,7 @@ def export(
         with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden texts (batched, "
                                     f"alone, other batch-mates) and {len(sweep_refs)} sequence lengths"):
             manifest["fidelity"]["backends"] = run_gate(staging, manifest, feeds, refs, texts, pairs, opts.threads,
-                                                        sweep_refs)
+                                                        sweep_refs, log=log)
         for name, rep in manifest["fidelity"]["backends"].items():
             sweep = rep["length_sweep"]
             log(f"[bertship]          {name}: per-text cosine min {rep['tail']['cosine_min']:.5f} "

@@ -156,6 +156,10 @@ def test_settle_joins_per_tensor_files_into_one(tmp_path, inline):
     assert sorted(p.name for p in scattered.parent.iterdir()) == ["model.onnx"]
     back = onnx.load(str(scattered))
     assert onnxio.tensor_bytes(back) == onnxio.tensor_bytes(src)
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in back.graph.initializer}
+    for t in onnx.load(str(inline / "onnxruntime" / "model.onnx")).graph.initializer:  # (saving moved src's out)
+        np.testing.assert_array_equal(values[t.name], onnx.numpy_helper.to_array(t))
+    assert [n.op_type for n in back.graph.node] == [n.op_type for n in src.graph.node]
     moved = onnxio.copy(onnxio.settle(scattered, "always"), tmp_path / "elsewhere" / "renamed.onnx")
     assert onnxio.external_files(moved) == {tmp_path / "elsewhere" / "renamed.onnx.data"}
 
@@ -220,3 +224,32 @@ def test_write_external_streams_mixed_inline_and_external_tensors(inline, tmp_pa
     for t in whole.graph.initializer:
         np.testing.assert_array_equal(back[t.name], onnx.numpy_helper.to_array(t))
 
+
+
+def test_settle_keeps_constant_attributes_and_initializers_through_both_layouts(tmp_path):
+    """A Constant node's tensor over the threshold (torch writes position ids that way) stays in its node when the
+    initializers move out, and a graph that has both in data files comes back whole into one file."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.arange(1024, dtype=np.float32).reshape(32, 32) / 1024
+    c = np.linspace(-1, 1, 2048, dtype=np.float32).reshape(64, 32)
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(c)),
+         helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("MatMul", ["c", "xw"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 32])], [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "m" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+                    save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=1024,
+                    convert_attribute=True)  # both tensors in files of their own, as torch can leave them
+    x = np.eye(32, dtype=np.float32)
+    for mode, files in (("always", ["model.onnx", "model.onnx.data"]), ("auto", ["model.onnx"])):
+        onnxio.settle(path, mode)
+        assert sorted(p.name for p in path.parent.iterdir()) == files, mode
+        y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(y, c @ w, rtol=1e-6)
+    model = onnx.load(str(path), load_external_data=False)
+    assert not any(onnxio.is_external(t) for t in onnxio.tensors(model.graph))
+    assert [n.op_type for n in model.graph.node] == ["Constant", "MatMul", "MatMul"]
