@@ -106,17 +106,13 @@ def _error(exc):
 
 
 def _strings(tensor, name):
-    """A [batch, 1] BYTES tensor as a list of str; UsageError on a missing or empty input or bytes that are not UTF-8."""
+    """A [batch, 1] BYTES tensor as a list of str; UsageError on a missing or empty input or bytes that are not UTF-8
+    (the decoding is the tokenizer model's, which ships beside this one)."""
+    from bertship.runtimes.triton_tokenizer import _strings as decode
+
     if tensor is None:
         raise UsageError(f"the request has no {name} input — send {name} as BYTES [batch, 1]")
-    texts = []
-    for i, item in enumerate(np.asarray(tensor.as_numpy(), dtype=object).reshape(-1)):
-        if isinstance(item, bytes):
-            try:
-                item = item.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise UsageError(f"{name}[{i}] is not UTF-8 ({exc.reason} at byte {exc.start}) — send UTF-8 text")
-        texts.append(str(item))
-    if not texts:
-        raise UsageError(f"{name} is empty — send at least one text")
-    return texts
+    try:
+        return decode(tensor.as_numpy(), name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

@@ -253,3 +253,35 @@ def test_settle_keeps_constant_attributes_and_initializers_through_both_layouts(
     model = onnx.load(str(path), load_external_data=False)
     assert not any(onnxio.is_external(t) for t in onnxio.tensors(model.graph))
     assert [n.op_type for n in model.graph.node] == ["Constant", "MatMul", "MatMul"]
+
+
+BENCH = """
+name = "external"
+[recipes]
+candidates = ["fp32"]
+[[runtimes]]
+backend = "onnxruntime"
+threads = [1]
+[workload]
+batches = [2]
+sequences = [16]
+[measure]
+warmup = 1
+iterations = 3
+rounds = 2
+passes = 1
+[[budgets]]
+metric = "cosine_min"
+min = 0.999
+"""
+
+
+def test_bench_times_an_external_data_artifact_and_counts_its_data_file(external, tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text(BENCH)
+    out = tmp_path / "bench.json"
+    assert main(["check", str(external), "--profile", str(profile), "--json", str(out)]) == 0
+    job = json.loads(out.read_text())["jobs"]["candidate/onnxruntime/threads=1"]
+    assert job["fidelity"]["cosine_min"] > 0.999
+    data_mb = (external / "onnxruntime" / "model.onnx.data").stat().st_size / 1e6
+    assert job["artifact_mb"] >= data_mb  # the job's own backend files: the graph alone is a few kB
