@@ -73,16 +73,24 @@ def _deberta_unigram():
     return _unigram("DebertaV2TokenizerFast", pad="[PAD]", unk="[UNK]", lowercase=False)
 
 
-def _bytelevel_bpe():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import RobertaTokenizerFast
+def _trained_bpe(specials: list[str]):
+    """A byte-level BPE (cased, no prefix space) trained on the shipped sentences, with these special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     tok.train_from_iterator(sentences(), trainers.BpeTrainer(
         vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+def _bytelevel_bpe():
+    """RoBERTa's kind: <s> A </s></s> B </s>."""
+    from tokenizers import processors
+    from transformers import RobertaTokenizerFast
+
+    tok = _trained_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
     return RobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
                                 cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
@@ -90,16 +98,11 @@ def _bytelevel_bpe():
 
 
 def _modernbert_bpe():
-    """ModernBERT's kind: byte-level BPE (cased, no prefix space) with [CLS] A [SEP] B [SEP] templates."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """ModernBERT's kind: [CLS] A [SEP] B [SEP] templates."""
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
-    tok.train_from_iterator(sentences(), trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = _trained_bpe(["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"])
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
