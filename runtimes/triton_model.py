@@ -102,7 +102,10 @@ def _bytes(strings):
 
 
 def _error(exc):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
+    # the runtime's advice names its keyword; what a client of this server can change is the deployment
+    text = str(exc).replace("pass truncation='truncate'",
+                            "deploy with `bertship deploy triton --backend python --truncation truncate`")
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(text))
 
 
 def _strings(tensor, name):

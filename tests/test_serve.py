@@ -174,6 +174,7 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(embedding_repo, se
         (["ok"], dict(array=np.zeros((0, 1), dtype=object)), "got 0"),
         (["ok"], dict(array=np.array([[b"\xff\xfe not utf-8"]], dtype=object)), "TEXT[0] is not UTF-8"),
         ([long_text], {}, "longer than this model's max length"),
+        ([long_text], {}, "deploy with `bertship deploy triton --backend python --truncation truncate`"),
         (["ok"], dict(name="TXT"), "unexpected inference input 'TXT'"),
     ]
     with serve.triton_server(repo, serve_env) as server:
