@@ -36,6 +36,7 @@ SIZES: dict[str, dict[str, Any]] = {
                    "intermediate_size": 4096, "vocab_size": 250002},
 }
 RECIPES = ("fp32", "int8-static", "int8-weight-only")
+VARIANTS = tuple(f"{r}@external" for r in RECIPES)  # weights in model.onnx.data even under 2 GB (load maps them)
 GB = 1024.0  # MB per GB
 
 
@@ -145,8 +146,9 @@ def measure(name: str, root: Path, recipes: tuple[str, ...] = RECIPES) -> dict[s
         out = root / "artifacts" / f"{name}-{recipe}"
         shutil.rmtree(out, ignore_errors=True)
         _log(f"{name}: export --recipe {recipe}")
+        base, _, variant = recipe.partition("@")  # "<recipe>@external": the same with --external-data always
         ex = child([sys.executable, "-m", "bertship.cli", "export", str(folder), "--task", "feature-extraction",
-                    "--recipe", recipe, "--out", str(out)])
+                    "--recipe", base, "--out", str(out)] + (["--external-data", "always"] if variant else []))
         rec: dict[str, Any] = {"export": {k: ex[k] for k in ("wall_s", "peak_rss_mb", "exit", "error")}}
         if ex["exit"] == 0:
             manifest = json.loads((out / "manifest.json").read_text())
@@ -205,7 +207,7 @@ def markdown(r: dict[str, Any]) -> str:
              "| model | fp32 weights | recipe | export wall | export peak RSS | × weights | target ≤ 4×w+1.5 GB | "
              "slowest stage | artifact (ORT / OV) | verify | load peak ORT / OV (target) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in r["rows"]:
+    for row in sorted(r["rows"], key=lambda row: row["weights_mb"]):
         t = row["targets"]
         for recipe, rec in row["recipes"].items():
             ex = rec["export"]
@@ -228,7 +230,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", "Per-stage peak RSS (GB) and wall time (s), fp32 recipe:", "",
               "| model | " + " | ".join(("load", "export", "optimize", "build", "verify", "package")) + " |",
               "|---|" + "---|" * 6]
-    for row in r["rows"]:
+    for row in sorted(r["rows"], key=lambda row: row["weights_mb"]):
         rec = row["recipes"].get("fp32", {})
         p, s = rec.get("stages_peak_rss_mb") or {}, rec.get("stages_s") or {}
         cells = [f"{p[k] / GB:.2f} GB, {s[k]:.0f} s" if k in p else "-"
@@ -242,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.cache/export_memory"))
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--append", action="store_true", help="add these sizes to the rows already in the JSON")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES + VARIANTS))
+    parser.add_argument("--append", action="store_true",
+                        help="add to the JSON's rows (a size measured again keeps its other recipes)")
     parser.add_argument("--report-only", action="store_true", help="re-render the markdown from the JSON")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -259,14 +262,17 @@ def main(argv: list[str] | None = None) -> int:
                                "python": platform.python_version()}, "rows": []}
         if args.append and path.exists():
             results = json.loads(path.read_text())
-            results["rows"] = [r for r in results["rows"] if r["size"] not in args.sizes]
-            results["sizes"] = [s for s in results["sizes"] if s not in args.sizes]
         results.setdefault("commands", []).append("python -m benchmarks.export_memory " + " ".join(argv or sys.argv[1:]))
         for name in args.sizes:
-            results["sizes"].append(name)
             row = measure(name, args.work, tuple(args.recipes))
+            old = next((r for r in results["rows"] if r["size"] == name), None)
+            if old is None:
+                results["sizes"].append(name)
+                results["rows"].append(row)
+            else:
+                old["recipes"].update(row["recipes"])
+                row = old
             row["targets"] = targets(row)
-            results["rows"].append(row)
             path.write_text(json.dumps(results, indent=1) + "\n")  # what is done so far survives a later failure
     (args.out / "export_memory.md").write_text(markdown(results))
     print(markdown(results))
