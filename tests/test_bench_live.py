@@ -291,4 +291,6 @@ def test_foreign_load_is_seen_for_real():
     finally:
         spin.wait()
     assert busy is not None and busy > 0.3  # one of two cores, at least most of it
-    assert idle is None or busy > idle
+    # more than before the spinner, unless other processes already filled every core then (the share is capped at 1:
+    # CI saw idle 1.0, busy 0.9988 while a benchmark ran beside the suite)
+    assert idle is None or busy > idle or idle > 0.95
