@@ -2,9 +2,9 @@
 (MemoryNeedError, exit 12) when this machine does not have it: better a clear error than the kernel's OOM killer
 ending the process without a word.
 
-The estimate is peak RSS ≈ base + factor × fp32 weight MB per stage, fitted on the export benchmark
-(`python -m benchmarks.export_memory`, random weights; measured against estimated in docs/benchmarks.md). It is a
-guide, not a promise: `--no-memory-check` skips it.
+The estimate per stage is interpolated between the peaks the export benchmark measured at four model sizes
+(`python -m benchmarks.export_memory`, random weights; see STAGES). It is a guide, not a promise:
+`--no-memory-check` skips it.
 """
 
 from __future__ import annotations
@@ -13,17 +13,19 @@ from pathlib import Path
 
 from bertship.runtimes.errors import MemoryNeedError
 
-# Peak RSS (MB) of each stage as the largest of its lines base + factor × fp32 weight MB: the line through the largest
-# peak of any recipe at MiniLM-L6 (87 MB) and BERT-base (418 MB) in benchmarks/results/export_memory.json (2026-11-29);
-# for the optimizer, also the line through BERT-base and BERT-large (1,278 MB), which grows faster than the first.
-STAGES: dict[str, tuple[tuple[float, float], ...]] = {
-    "load": ((690.0, 1.55),),
-    "export": ((499.0, 4.18),),
-    "optimize": ((500.0, 1.0),),  # provisional: BERT-base 0.94 GB with the weights left on disk
-    "build": ((611.0, 5.23),),
-    "verify": ((1478.0, 3.55),),
+# Peak RSS (MB) of each stage, (fp32 weight MB, largest peak of any recipe and layout), measured by
+# `python -m benchmarks.export_memory` (benchmarks/results/export_memory.json, 2026-11-29: MiniLM-L6, BERT-base,
+# BERT-large, XLM-R large). Between two sizes the estimate is interpolated on the running maximum; past the largest it
+# grows in proportion to the weights. (The growth is not one line: BERT-large's graph is one file and its tracer holds
+# the serialized model twice, XLM-R large's goes to per-tensor files.)
+STAGES: dict[str, tuple[tuple[int, int], ...]] = {
+    "load": ((87, 922), (418, 1404), (1278, 2478), (2136, 2522)),
+    "export": ((87, 924), (418, 2298), (1278, 5850), (2136, 5782)),
+    "optimize": ((87, 662), (418, 923), (1278, 1790), (2136, 1504)),
+    "build": ((87, 954), (418, 2489), (1278, 6796), (2136, 6313)),
+    "verify": ((87, 1804), (418, 3038), (1278, 5046), (2136, 6366)),
 }
-HEADROOM = 1.10  # margin over the fitted line
+HEADROOM = 1.10  # margin over the measured peaks
 
 
 def fp32_weight_mb(folder: Path) -> float | None:
@@ -58,8 +60,22 @@ def fp32_weight_mb(folder: Path) -> float | None:
 
 def estimate(weights_mb: float, optimize: bool) -> dict[str, float]:
     """Estimated peak RSS (MB) of each stage for a model of `weights_mb` fp32 weights."""
-    return {stage: max(base + f * weights_mb for base, f in lines) for stage, lines in STAGES.items()
+    return {stage: _interpolate(points, weights_mb) for stage, points in STAGES.items()
             if optimize or stage != "optimize"}
+
+
+def _interpolate(points: tuple[tuple[int, int], ...], w: float) -> float:
+    envelope, top = [], 0
+    for x, y in points:
+        top = max(top, y)
+        envelope.append((x, top))
+    if w <= envelope[0][0]:
+        return float(envelope[0][1])
+    for (x0, y0), (x1, y1) in zip(envelope, envelope[1:]):
+        if w <= x1:
+            return y0 + (y1 - y0) * (w - x0) / (x1 - x0)
+    x, y = envelope[-1]
+    return y * w / x
 
 
 def check(folder: Path, optimize: bool, available_mb: float | None) -> dict[str, float] | None:
