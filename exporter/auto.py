@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from bertship.runtimes import artifact, load
+from bertship.runtimes import artifact, cpuclass, load
 from bertship.runtimes.errors import BertshipError, FidelityError, UsageError
 from bertship.runtimes.evaluate import EvalData, evaluate, read_eval_data
 
@@ -65,12 +65,14 @@ def _time(path: Path, backend: str, threads: int | None, max_length: int) -> flo
 
 def run_auto(build: Callable[..., Path], out: Path, opts: ExportOptions, names: tuple[str, ...],
              cpu_flags: list[str], log: Callable[[str], None], profile: Any = None,
-             timed_here: bool = True) -> Path:
+             timed_here: bool = True, cpu_class: str | None = None) -> Path:
     """Build, score and time every candidate; publish the fastest within the limit at `out`.
 
     With a profile, its candidate recipes are tried; when this machine is not the profile's target (`timed_here`
     False: e.g. an ARM profile exported on x86) nothing is timed and the profile's order decides among the
     candidates that hold the limit. A profile asking for the ORT format gets the winner converted to .ort.
+    `cpu_class` (runtimes.cpuclass): the class built for; the profile's order for it is used, and candidates measured
+    to be no faster than fp32 there (cpuclass.NO_GAIN) are skipped with the measurement as the reason.
     """
     max_drop = parse_drop(opts.max_accuracy_drop or DEFAULT_DROP)
     if opts.min_cosine is not None:
@@ -79,11 +81,16 @@ def run_auto(build: Callable[..., Path], out: Path, opts: ExportOptions, names: 
     try:
         tried: list[dict[str, Any]] = []
         built: dict[tuple[str, str], Path] = {}
-        wanted = tuple(profile.recipes) if profile is not None else None
+        wanted = tuple(profile.recipes_for(cpu_class)) if profile is not None else None
         flags = cpu_flags if timed_here else list(cpu_flags) + ["asimddp", "i8mm", "avx512_vnni", "amx_bf16"]
         tail = opts.min_cosine is not None
         task = None
         for recipe, backend in candidates(names, flags, wanted, mixed=tail):
+            slower = cpuclass.no_gain(cpu_class, recipe, backend) if cpu_class else None
+            if slower:
+                tried.append({"recipe": recipe, "backend": backend, "status": "skipped", "reason": slower})
+                log(f"[bertship] auto     {recipe} on {backend} skipped: {slower}")
+                continue
             if recipe == "int8-dynamic" and task in EMBEDDING_TASKS and not opts.allow_batch_dependence:
                 tried.append({"recipe": recipe, "backend": backend, "status": "skipped",
                               "reason": "its vectors depend on batch-mates and padding (one activation scale per "
@@ -153,12 +160,12 @@ def run_auto(build: Callable[..., Path], out: Path, opts: ExportOptions, names: 
         held = (f"with every text's cosine ≥ {opts.min_cosine} (--min-cosine)" if tail else
                 f"within {max_drop:.2%} of the fp32 {winner['metric']}")
         why = (f"fastest p50 ({winner['p50_ms']:.2f} ms) of {len(ok)} candidate(s) {held}" if timed_here else
-               f"first of the profile's candidates {held}; not timed: this machine is not the profile's target")
+               f"first of the candidates {held}; not timed: this machine is not the target")
         manifest["auto"] = {
             "max_drop": None if tail else max_drop, "min_cosine": float(opts.min_cosine) if tail else None,
             "baseline": base, "timed_shape": TIMED_SHAPE if timed_here else None,
             "candidates": tried, "winner": {"recipe": winner["recipe"], "backend": winner["backend"]}, "why": why,
-            "profile": profile.name if profile is not None else None,
+            "profile": profile.name if profile is not None else None, "cpu_class": cpu_class,
         }
         if profile is not None and any(r.model_format == "ort" and r.backend == winner["backend"]
                                        for r in profile.runtimes):

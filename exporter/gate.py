@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bertship.runtimes import artifact, backends
+from bertship.runtimes import artifact, backends, cpuclass
 from bertship.runtimes.errors import FidelityError
 from bertship.runtimes.tokenizer import TextEncoder
 from bertship.runtimes.verify import Feeds, backend_checks, tokenizer_failures
@@ -29,6 +29,7 @@ def run_gate(
         runner = backends.runner_class(name)(staging / entry["model"], threads, entry.get("options"))
         loaded = time.perf_counter() - start
         report[name], failed = backend_checks(runner, manifest, feeds, refs, texts, sweep_refs)
+        report[name]["cpu_class"] = cpuclass.runtime_class(name)
         failures += failed
         del runner  # one backend's session (weights, pre-packed kernels) in memory at a time
         if log is not None:
@@ -54,4 +55,57 @@ def run_gate(
                    "(keeps the measured-sensitive groups in float), a weight-only recipe, or calibration text closer "
                    "to your data")
         raise FidelityError(failures, fix)
+    for name, entry in manifest["backends"].items():
+        entry.setdefault("cpu_class", {"target": report[name]["cpu_class"], "verified_on": []})["verified_on"].append(
+            {"class": report[name]["cpu_class"], "how": "export gate, this machine's kernels"})
     return report
+
+
+def cross_class_checks(staging: Path, manifest: dict[str, Any], threads: int | None,
+                       log: Callable[[str], None] | None = None) -> bool:
+    """Verify each int8 backend built for another CPU class than this machine's on that class's kernels, where this
+    machine can run them (cpuclass.emulation), in a fresh process: the staged artifact, checksums and the whole gate.
+    Records each pass under the backend's cpu_class.verified_on; raises FidelityError on a miss. True when any ran."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if not cpuclass.computes_int8(manifest):
+        return False
+    ran = False
+    for name, entry in manifest["backends"].items():
+        record = entry["cpu_class"]
+        target = record["target"]
+        if any(v["class"] == target for v in record["verified_on"]):
+            continue
+        emu = cpuclass.emulation(name, target)
+        if emu is None:
+            if log is not None:
+                log(f"[bertship] verify   {name}: this machine cannot run {target} int8 kernels; load() re-checks "
+                    f"the golden texts on the first {target} machine")
+            continue
+        cmd = [*emu.prefix, sys.executable, "-m", "bertship.cli", "verify", str(staging), "--backends", name, "--json"]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **emu.env}, check=False)
+        if done.returncode not in (0, 4):
+            raise RuntimeError(f"the {target} check of {name} ({emu.how}) could not run: "
+                               f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
+        if done.returncode == 4:
+            message = next((line for line in done.stderr.splitlines() if "check(s) failed" in line), done.stderr)
+            raise FidelityError([f"{name} on {target} kernels ({emu.how}): {message.split('failed: ', 1)[-1].rsplit(' — ', 1)[0]}"],
+                                f"nothing was written; the artifact built for {target} does not hold there — try "
+                                "int8-mixed or a float recipe for that class")
+        report = json.loads(done.stdout)[name]
+        if report["cpu_class"] != target:
+            raise RuntimeError(f"{emu.how} ran {name} as {report['cpu_class']}, not {target}: the emulation did not "
+                               "take; nothing was written")
+        record["verified_on"].append({"class": target, "how": emu.how, "tail_cosine_min": report["tail"]["cosine_min"],
+                                      "output_cosine_min": min(o["cosine_min"] for o in report["outputs"])})
+        ran = True
+        if log is not None:
+            log(f"[bertship] verify   {name} on {target} kernels ({emu.how}): passed in "
+                f"{time.perf_counter() - start:.1f} s, per-text cosine min {report['tail']['cosine_min']:.5f}")
+    return ran

@@ -37,8 +37,13 @@ class ExportOptions:
     pooling: str | None = None
     normalize: bool | None = None
     threads: int | None = None
+    target_cpu: str | None = None  # runtimes.cpuclass.TARGETS: whose int8 arithmetic to quantize for (None: this CPU)
 
     def __post_init__(self):
+        if self.target_cpu is not None:
+            from bertship.runtimes.cpuclass import check_target
+
+            check_target(self.target_cpu)
         if self.ort_graph not in ORT_GRAPHS:
             raise UsageError(f"unknown --ort-graph {self.ort_graph!r} — choose from: {', '.join(ORT_GRAPHS)}")
         if self.external_data not in EXTERNAL_DATA:

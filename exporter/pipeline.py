@@ -15,11 +15,11 @@ from typing import Any, Callable, Iterator
 
 from bertship.profiles import cpu_info
 from bertship.profiles.machine import available_memory_mb, peak_rss_mb, reset_peak_rss
-from bertship.runtimes import artifact, backends as backend_table
+from bertship.runtimes import artifact, backends as backend_table, cpuclass
 from bertship.runtimes.errors import UsageError
 
 from . import auto, calibration, fallback, golden, graph, load as load_stage, memory, package, qat, quantize
-from .gate import run_gate
+from .gate import cross_class_checks, run_gate
 from .options import ExportOptions
 from .recipes import EMBEDDING_TASKS, MIN_BATCH_COSINE, MIXED_MIN_COSINE, check_recipe, get_recipe, with_params
 from .to_onnx import OPSET, to_onnx
@@ -179,6 +179,7 @@ def export(
                                     work=work, fixed_params=fixed, external_data=opts.external_data)
         built: dict[str, Any] = {}
         fallbacks: dict[str, Any] = {}
+        targets = _targets(names, opts.target_cpu, recipe.name, log)
         objectives = []
         if max_drop is not None:
             objectives.append(fallback.Objective.drop(_scorer(source, plain, opts, calib_texts), max_drop))
@@ -189,10 +190,12 @@ def export(
         searching = recipe.name == "int8-mixed" or (max_drop is not None and recipe.name in fallback.SEARCHING)
         for name in names:
             with stages.stage("build", f"{name}: {recipe.how[name]}"):
+                bctx = replace(ctx, target=targets[name])
                 if searching:
-                    built[name], fallbacks[name] = fallback.search(name, ctx, objectives, log)
+                    built[name], fallbacks[name] = fallback.search(name, bctx, objectives, log)
                 else:
-                    built[name] = quantize.build(name, ctx)
+                    built[name] = quantize.build(name, bctx)
+                built[name]["cpu_class"] = {"target": targets[name], "verified_on": []}
         target = _check_target(staging, built, tail_scorer, min_cos, recipe.name, log) if tail_scorer else None
         shutil.rmtree(work)
         source.tokenizer.backend_tokenizer.save(str(staging / artifact.TOKENIZER))
@@ -231,7 +234,9 @@ def export(
             manifest["peak_rss_mb"] = stages.peak_rss_mb
             package.write_report(staging, dict(manifest, files=artifact.file_entries(staging)))
             package.write_manifest(staging, manifest)
-            package.publish(staging, out)
+        if cross_class_checks(staging, manifest, opts.threads, log):
+            package.rewrite(staging, manifest)
+        package.publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -266,12 +271,36 @@ def _auto(model: Any, tokenizer: Any, out: Path, opts: ExportOptions, log: Calla
     for name in names:
         backend_table.require(name)
     package.check_out(out, opts.force)
-    timed_here = profile is None or not mismatches(profile, machine_facts(), recipes=())
+    here = cpuclass.runtime_class(names[0])
+    arm_profile = profile is not None and bool(set(profile.machine.arch) & set(cpuclass.ARM64))
+    target = opts.target_cpu or ("arm64-dot" if arm_profile and here not in ("arm64-dot", "arm64") else here)
+    problems = mismatches(profile, machine_facts(), recipes=()) if profile is not None else []
+    if target != here and not problems:
+        problems.append(f"it is a {here} CPU and the artifact is built for {target} (--target-cpu)")
+    timed_here = not problems
     if not timed_here:
-        log(f"[bertship] auto     this machine is not profile {profile.name!r}'s target "
-            f"({'; '.join(mismatches(profile, machine_facts(), recipes=()))}): candidates are not timed")
-    return auto.run_auto(lambda **kw: export(model, tokenizer, **kw), out, replace(opts, profile=None), names,
-                         cpu_info()["flags"], log, profile, timed_here)
+        log(f"[bertship] auto     this machine is not the target ({'; '.join(problems)}): candidates are not timed, "
+            "the order decides")
+    return auto.run_auto(lambda **kw: export(model, tokenizer, **kw), out,
+                         replace(opts, profile=None, target_cpu=target), names,
+                         cpu_info()["flags"], log, profile, timed_here, target)
+
+
+def _targets(names: tuple[str, ...], target: str | None, recipe: str, log: Callable[[str], None]) -> dict[str, str]:
+    """Per backend, the CPU class whose int8 arithmetic the recipe is built for: --target-cpu, else the class that
+    backend's int8 kernels measure here (runtimes.cpuclass). Says so where int8 cannot beat fp32 on that class."""
+    here = {name: cpuclass.runtime_class(name) for name in names}
+    chosen = {name: target or here[name] for name in names}
+    if recipe not in cpuclass.INT8_COMPUTE + ("int8-weight-only",):
+        return chosen
+    for name in names:
+        if chosen[name] != here[name] and recipe in cpuclass.INT8_COMPUTE:
+            log(f"[bertship] target   {name}: int8 built for {chosen[name]}, not for this {here[name]} CPU; the gate "
+                f"checks it here, then on {chosen[name]} kernels where this machine can run them")
+        slower = cpuclass.no_gain(chosen[name], recipe, name)
+        if slower:
+            log(f"[bertship] target   {name}: {recipe} will not be faster than fp32 here: {slower}")
+    return chosen
 
 
 def _check_qat(source: load_stage.Source, recipe) -> dict[str, Any] | None:

@@ -21,7 +21,6 @@ from .recipes import Recipe, with_params
 
 ORT_MODEL = BACKENDS["onnxruntime"].model_file
 OV_MODEL = BACKENDS["openvino"].model_file
-VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
 # What ONNX Runtime computes in under each recipe (it reports nothing itself): recorded as the runner's precision.
 ORT_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8", "int8-qat": "int8",
                  "int8-weight-only": "int8-weights", "int4-weight-only": "int4-weights", "int8-mixed": "int8+fp32"}
@@ -47,6 +46,7 @@ class BuildContext:
     calibration: list[dict[str, np.ndarray]]
     cpu_flags: list[str]
     arch: str
+    target: str = "x86-vnni"  # runtimes.cpuclass: the CPU class whose int8 arithmetic the quantization parameters follow
     pad_id: int = 0
     # kept in float: MatMul node names (ORT) or name regexes (OpenVINO); for int8-mixed, group labels (mixed_groups)
     exclude: tuple[str, ...] = ()
@@ -68,6 +68,19 @@ def _ort_entry(ctx: BuildContext, **build: Any) -> dict[str, Any]:
     if len(files) > 1:
         entry["external_data"] = files[1]
     return entry
+
+
+def seven_bit_weights(ctx: BuildContext) -> bool:
+    """Whether int8 weights keep to 7 bits (ONNX Runtime reduce_range, NNCF overflow_fix): on x86 without VNNI, whose
+    u8 x s8 kernels (VPMADDUBSW) saturate a pair of products past 32767; 255 x 63 x 2 fits."""
+    return ctx.target == "x86-novnni"
+
+
+def _int8_record(ctx: BuildContext) -> dict[str, Any]:
+    seven = seven_bit_weights(ctx)
+    return {"target_cpu": ctx.target, "weights_7bit": seven,
+            "weights_7bit_reason": ("x86 without VNNI saturates 16-bit pair sums of u8 x s8 products" if seven else
+                                    f"{ctx.target}: int8 products are summed exactly")}
 
 
 def _external(ctx: BuildContext, source: Path | None = None) -> bool:
@@ -115,8 +128,7 @@ def ort_int8_dynamic(ctx: BuildContext) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # Without VNNI, x86 int8 dot products (vpmaddubsw) can saturate on U8xS8 pairs; 7-bit weights avoid that.
-    reduce_range = ctx.arch in ("x86_64", "AMD64") and not set(VNNI) & set(ctx.cpu_flags)
+    reduce_range = seven_bit_weights(ctx)
     _check_names(_ort_source(ctx), ctx.exclude)
     quantize_dynamic(
         str(_ort_source(ctx)), str(_ort_target(ctx)), per_channel=True, reduce_range=reduce_range,
@@ -124,9 +136,8 @@ def ort_int8_dynamic(ctx: BuildContext) -> dict[str, Any]:
         # the fused graph holds ORT contrib ops whose output types the quantizer cannot infer without a default
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
-    why = "x86 without VNNI" if reduce_range else "VNNI/AMX present or not x86"
     return _ort_entry(ctx, per_channel=True, weight_type="S8", activation_type="U8", reduce_range=reduce_range,
-                      reduce_range_reason=why,
+                      **_int8_record(ctx),
                       activation_scale="one per padded batch (DynamicQuantizeLinear): a text's output depends on its "
                                        "batch-mates and padding; ONNX Runtime has no per-row dynamic int8 MatMul")
 
@@ -170,7 +181,7 @@ def _ort_static(ctx: BuildContext, target: Path, exclude: tuple[str, ...]) -> di
         str(pre), str(target), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
         per_channel=params["per_channel"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         op_types_to_quantize=list(params["op_types"]), calibrate_method=methods[params["calibration_method"]],
-        nodes_to_exclude=list(exclude),
+        nodes_to_exclude=list(exclude), reduce_range=seven_bit_weights(ctx),
         extra_options={"CalibTensorRangeSymmetric": False}, use_external_data_format=big,
     )
     return _ort_static_record(ctx)
@@ -182,7 +193,8 @@ def _ort_static_record(ctx: BuildContext) -> dict[str, Any]:
     return dict(format="QDQ", activation_type="U8", weight_type="S8", per_channel=params["per_channel"],
                 op_types=list(params["op_types"]), calibration_method=params["calibration_method"],
                 calibration_samples=len(ctx.calibration),
-                calibration_lengths="padded to the longest" if padded else "real")
+                calibration_lengths="padded to the longest" if padded else "real",
+                reduce_range=seven_bit_weights(ctx), **_int8_record(ctx))
 
 
 def _check_names(onnx_path: Path, names: tuple[str, ...]) -> None:
@@ -266,7 +278,11 @@ def _nncf():
 
 def ov_int8_static(ctx: BuildContext) -> dict[str, Any]:
     return _ov_save(ctx, _ov_static(ctx, ctx.exclude), "f32", tool="nncf.quantize", model_type="TRANSFORMER",
-                    calibration_samples=len(ctx.calibration))
+                    calibration_samples=len(ctx.calibration), **_ov_overflow_record(ctx))
+
+
+def _ov_overflow_record(ctx: BuildContext) -> dict[str, Any]:
+    return {"overflow_fix": "enable" if seven_bit_weights(ctx) else "first_layer_only", **_int8_record(ctx)}
 
 
 def _ov_static(ctx: BuildContext, exclude: tuple[str, ...], smooth_quant_alpha: float | None = None):
@@ -274,12 +290,15 @@ def _ov_static(ctx: BuildContext, exclude: tuple[str, ...], smooth_quant_alpha: 
     regexes of ops NNCF must leave in float."""
     nncf = _nncf()
     scope = nncf.IgnoredScope(patterns=list(exclude), validate=True) if exclude else None
-    extra = {}
-    if smooth_quant_alpha is not None:
-        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, AdvancedSmoothQuantParameters,
+                                                        OverflowFix)
 
-        extra["advanced_parameters"] = AdvancedQuantizationParameters(
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha))
+    advanced: dict[str, Any] = {}
+    if smooth_quant_alpha is not None:
+        advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha)
+    if seven_bit_weights(ctx):  # every weight quantizer at 7 bits, not only the first layer's (nncf's default)
+        advanced["overflow_fix"] = OverflowFix.ENABLE
+    extra = {"advanced_parameters": AdvancedQuantizationParameters(**advanced)} if advanced else {}
     return nncf.quantize(_ov_model(ctx), nncf.Dataset(ctx.calibration), model_type=nncf.ModelType.TRANSFORMER,
                          subset_size=len(ctx.calibration), ignored_scope=scope, **extra)
 
@@ -368,7 +387,7 @@ def _ov_mixed_precision(ctx: BuildContext) -> str:
 def ov_int8_mixed(ctx: BuildContext) -> dict[str, Any]:
     return _ov_save(ctx, _mixed_model("openvino", ctx), _ov_mixed_precision(ctx), tool="nncf.quantize",
                     model_type="TRANSFORMER", smooth_quant_alpha=ctx.recipe.params["smooth_quant_alpha"],
-                    calibration_samples=len(ctx.calibration), float_groups=len(ctx.exclude))
+                    calibration_samples=len(ctx.calibration), float_groups=len(ctx.exclude), **_ov_overflow_record(ctx))
 
 
 def ov_weight_only(ctx: BuildContext) -> dict[str, Any]:

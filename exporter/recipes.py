@@ -144,3 +144,24 @@ def with_params(recipe: Recipe, **overrides: Any) -> Recipe:
     params = dict(recipe.params, **{k: v for k, v in overrides.items() if v is not None})
     return Recipe(recipe.name, recipe.summary, recipe.how, recipe.refused, recipe.tolerance, recipe.needs_calibration,
                   recipe.isa_any, recipe.isa_reason, params)
+
+
+def on_class(recipe: str, backend: str, cls: str) -> str:
+    """What `recipe` on `backend` does on a CPU of class `cls` (runtimes.cpuclass), for `bertship recipes`."""
+    from bertship.runtimes.cpuclass import INT8_COMPUTE, no_gain
+
+    slower = no_gain(cls, recipe, backend)
+    if recipe not in INT8_COMPUTE:
+        what = "float compute: no int8 arithmetic that differs between CPU classes"
+    elif recipe == "int8-qat":
+        what = "its trained 8-bit scales as they are" + (
+            ": on x86 without VNNI, 8-bit weights can saturate the u8 x s8 pair sums (the gate measures what that "
+            "does)" if cls == "x86-novnni" else "")
+    elif cls == "x86-novnni":
+        what = ("7-bit weights (" + ("reduce_range" if backend == "onnxruntime" else "NNCF overflow_fix=ENABLE")
+                + "), so the 16-bit u8 x s8 pair sums of VPMADDUBSW cannot saturate")
+    else:
+        what = "8-bit weights; int8 products are summed exactly in 32 bits"
+    if slower:
+        what += f"; skipped by --recipe auto and profiles: {slower}"
+    return what

@@ -16,7 +16,9 @@ def describe(profile: Profile, facts: dict[str, Any] | None = None) -> str:
              f"at least {m.min_cores} core(s)"]
     lines += [f"  {recipe} expects one of: {', '.join(flags)}" for recipe, flags in m.isa]
     lines += ["", f"recipes to try, in order: {', '.join(profile.recipes)}"
-              + (f" (reference: {profile.reference_recipe})" if profile.reference_recipe else ""), "", "runtimes:"]
+              + (f" (reference: {profile.reference_recipe})" if profile.reference_recipe else "")]
+    lines += [f"  on {cls} CPUs: {', '.join(names)}" for cls, names in profile.recipes_by_class]
+    lines += ["", "runtimes:"]
     for rt in profile.runtimes:
         extra = [f"providers {' > '.join(rt.providers)}" if rt.providers else "",
                  f"requires {', '.join(rt.require)}" if rt.require else "", "IO binding" if rt.io_binding else "",
@@ -39,7 +41,25 @@ def describe(profile: Profile, facts: dict[str, Any] | None = None) -> str:
         lines.append("  none")
     lines += [f"note: {n}" for n in profile.notes]
     if facts is not None:
-        problems = mismatches(profile, facts)
+        from bertship.runtimes.cpuclass import class_of, describe as class_text, no_gain
+
+        cls = class_of(str(facts.get("arch", "")), facts.get("flags", []))
+        wanted = profile.recipes_for(cls)
+        problems = mismatches(profile, facts, wanted)
         lines += ["", f"this machine ({facts.get('model')}, {facts.get('arch')}): "
-                  + ("fits" if not problems else "does NOT fit: " + "; ".join(problems))]
+                  + ("fits" if not problems else "does NOT fit: " + "; ".join(problems)),
+                  f"  CPU class {class_text(cls)}"]
+        if not problems:
+            flags = set(facts.get("flags", []))
+            from bertship.exporter.recipes import RECIPES
+
+            for name in wanted:
+                recipe = RECIPES[name]
+                for rt in profile.runtimes:
+                    if rt.backend not in recipe.how:
+                        continue
+                    why = no_gain(cls, name, rt.backend)
+                    if recipe.isa_any and not flags & set(recipe.isa_any):
+                        why = f"needs {' or '.join(recipe.isa_any)}"
+                    lines.append(f"  {'skips' if why else 'tries'} {name} on {rt.backend}" + (f": {why}" if why else ""))
     return "\n".join(lines)

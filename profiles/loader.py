@@ -29,7 +29,7 @@ _KINDS = {
 _SECTIONS = {"name": "str", "description": "str", "notes": "str[]", "machine": "table", "recipes": "table",
              "runtimes": "table[]", "workload": "table", "measure": "table", "baseline": "table", "budgets": "table[]"}
 _MACHINE = {"arch": "str[]", "gpu": "bool", "min_cores": "int", "isa": "table"}
-_RECIPES = {"candidates": "str[]", "reference": "str"}
+_RECIPES = {"candidates": "str[]", "reference": "str", "by_class": "table"}
 _RUNTIME = {"backend": "str", "threads": "threads[]", "providers": "str[]", "require": "str[]",
             "provider_options": "table", "io_binding": "bool", "model_format": "str", "note": "str",
             "disabled_optimizers": "str[]"}
@@ -138,6 +138,14 @@ def _profile(data: dict[str, Any], path: Path, sha256: str) -> Profile:
         r.choice(f"recipes.candidates[{i}]", name, RECIPES)
     if "reference" in recipes:
         r.choice("recipes.reference", recipes["reference"], RECIPES)
+    from bertship.runtimes.cpuclass import TARGETS
+
+    by_class = r.table("recipes.by_class", recipes.get("by_class", {}), {name: "str[]" for name in TARGETS})
+    for cls, names in by_class.items():
+        if not names:
+            raise r.fail(f"recipes.by_class.{cls}", "is empty", "list the recipes to try on that CPU class")
+        for i, name in enumerate(names):
+            r.choice(f"recipes.by_class.{cls}[{i}]", name, RECIPES)
     if not data["runtimes"]:
         raise r.fail("runtimes", "is empty", "add at least one [[runtimes]] with a backend")
     runtimes = tuple(_runtime(r, f"runtimes[{i}]", t) for i, t in enumerate(data["runtimes"]))
@@ -156,7 +164,7 @@ def _profile(data: dict[str, Any], path: Path, sha256: str) -> Profile:
     budgets = tuple(_budget(r, f"budgets[{i}]", b, workload, runtimes) for i, b in enumerate(data.get("budgets", [])))
     return Profile(data["name"], data.get("description", ""), f"{path} (sha256 {sha256[:12]})", machine, runtimes,
                    tuple(recipes["candidates"]), recipes.get("reference"), workload, measure, rule, budgets,
-                   tuple(data.get("notes", ())))
+                   tuple(data.get("notes", ())), tuple((k, tuple(v)) for k, v in by_class.items()))
 
 
 def _machine(r: _Reader, data: Any, recipes: Any) -> MachineSpec:

@@ -150,6 +150,12 @@ class Profile:
     baseline: BaselineRule
     budgets: tuple[Budget, ...]
     notes: tuple[str, ...] = ()
+    # per CPU class (runtimes.cpuclass), the candidate order there; classes not named use `recipes`
+    recipes_by_class: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def recipes_for(self, cpu_class: str | None) -> tuple[str, ...]:
+        """The candidate recipes, in order, on a machine of this CPU class."""
+        return dict(self.recipes_by_class).get(cpu_class, self.recipes) if cpu_class else self.recipes
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (for JSON results)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import cpuclass
+
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
@@ -125,6 +127,16 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
         for backend, m in target["backends"].items():
             lines.append(f"| {backend} | {m['cosine_min']:.6f} | {m['cosine_p1']:.6f} | {m['cosine_mean']:.6f} | "
                          f"{m['batch_cosine_min']:.6f} |")
+    lines += ["", "## CPU class (int8 arithmetic)", "", "| backend | built for | verified on |", "|---|---|---|"]
+    for backend in manifest.get("backends", {}):
+        entry = manifest["backends"][backend].get("cpu_class")
+        target, verified = cpuclass.recorded(manifest, backend)
+        how = ([f"{v['class']} ({v['how']})" for v in entry.get("verified_on", [])] if entry else
+               [f"{c} (from the build CPU's flags)" for c in verified])
+        lines.append(f"| {backend} | {target} | {'; '.join(how) or '—'} |")
+    if cpuclass.computes_int8(manifest):
+        lines += ["", "On a CPU of a class not listed under verified on, `load()` first re-checks the golden texts "
+                  "(`recheck=False` skips it)."]
     timings = manifest.get("timings_s")
     if timings:
         lines += ["", "## Export stages (seconds)", "", " · ".join(f"{k} {v:.1f}" for k, v in timings.items())]

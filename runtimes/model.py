@@ -41,6 +41,8 @@ class Model:
         self.output_names: tuple[str, ...] = tuple(o["name"] for o in self.outputs)
         self.max_length: int = encoder.max_length
         self.truncation: str = check_truncation(truncation)
+        # load()'s golden check on a CPU class the int8 artifact was not verified on (None: none was needed)
+        self.recheck: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"Model({str(self.root)!r}, task={self.task!r}, backend={self.backend!r}, precision={self.precision!r})"
@@ -206,9 +208,15 @@ class Model:
 
 def load(
     path: str | Path, backend: str | None = None, threads: int | None = None, truncation: str = "truncate",
-    runner_options: dict[str, Any] | None = None,
+    runner_options: dict[str, Any] | None = None, recheck: bool = True,
 ) -> Model:
     """Load an artifact: verify the checksums of the files this backend needs, then start the backend.
+
+    An int8 artifact whose backend's int8 kernels here are of another CPU class than every class it was verified on
+    (runtimes.cpuclass: x86 with VNNI, x86 without, ARM64 with or without the dot product) computes other numbers
+    here. With `recheck` (the default) it is first run on its golden texts, in their batches, alone and among other
+    batch-mates (about a second for a MiniLM-sized model), and a miss raises FidelityError naming the fix;
+    `model.recheck` says what was run. recheck=False skips it (you ran `bertship verify` on this class yourself).
 
     `backend` defaults to the first backend recorded in the manifest that is installed here. `truncation` is what
     text methods do with inputs longer than the max length by default: "truncate" (cut them) or "error".
@@ -232,4 +240,34 @@ def load(
     options = {**entry.get("options", {}), **(runner_options or {})}
     runner = backends.runner_class(backend)(root / entry["model"], threads, options)
     encoder = TextEncoder(root / artifact.TOKENIZER, manifest["tokenizer"])
-    return Model(root, manifest, runner, encoder, truncation)
+    model = Model(root, manifest, runner, encoder, truncation)
+    if recheck:
+        model.recheck = _recheck(root, manifest, runner)
+    return model
+
+
+def _recheck(root: Path, manifest: dict[str, Any], runner: Runner) -> dict[str, Any] | None:
+    """The golden check of an int8 artifact on a CPU class it was not verified on (None when none was needed)."""
+    import time
+
+    from . import cpuclass
+    from .errors import FidelityError
+    from .verify import backend_checks, read_golden
+
+    if not cpuclass.computes_int8(manifest):
+        return None
+    here = cpuclass.runtime_class(runner.backend)
+    target, verified = cpuclass.recorded(manifest, runner.backend)
+    if here in verified:
+        return None
+    start = time.perf_counter()
+    feeds, refs, texts, _ = read_golden(root, manifest)
+    report, failures = backend_checks(runner, manifest, feeds, refs, texts)
+    took = time.perf_counter() - start
+    if failures:
+        hint = "" if target == here else f" (it was built for {target})"
+        raise FidelityError(failures, f"this int8 artifact was verified on {', '.join(verified) or 'no'} CPUs{hint}, "
+                            f"and this {here} CPU computes it differently; run `bertship verify {root}` here for the "
+                            f"full report, then re-export it with --target-cpu {here}, or use a float recipe")
+    return {"cpu_class": here, "verified_on": verified, "target": target, "seconds": round(took, 3),
+            "tail": report.get("tail", {}).get("cosine_min"), "outputs": report["outputs"]}

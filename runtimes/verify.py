@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import artifact
+from . import artifact, cpuclass
 from .errors import FidelityError
 from .fidelity import Tolerance, compare, cosines, tail, text_vectors
 from .runner import Runner
@@ -197,10 +197,11 @@ def verify(path: str | Path, backends: list[str] | None = None, threads: int | N
     report: dict[str, Any] = {}
     failures: list[str] = []
     for i, name in enumerate(backends or list(manifest["backends"])):
-        model = load(root, backend=name, threads=threads)
+        model = load(root, backend=name, threads=threads, recheck=False)  # the full checks below include load()'s
         if i == 0:
             failures += tokenizer_failures(model.tokenizer, texts, pairs, feeds)
         report[name], failed = backend_checks(model.runner, manifest, feeds, refs, texts, sweep_refs)
+        report[name]["cpu_class"] = cpuclass.runtime_class(name)
         failures += failed
     if failures:
         raise FidelityError(failures)

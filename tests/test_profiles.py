@@ -6,6 +6,7 @@ import pytest
 
 from bertship.cli import main
 from bertship.profiles import candidate_recipes, cpu_info, load_profile, mismatches, require_fit, shipped
+from bertship.profiles.describe import describe
 from bertship.runtimes.errors import MachineError, UsageError
 
 MINIMAL = """
@@ -131,16 +132,28 @@ def test_profiles_command(capsys, tmp_path):
     assert '"name": "mini"' in capsys.readouterr().out
 
 
-def test_server_cpu_int8_needs_vnni_or_amx():
+def test_server_cpu_fits_every_x86_class_with_its_own_order():
+    """server-cpu fits an x86 server with or without VNNI and tries, per class, the recipes that can win there."""
     profile = load_profile("server-cpu")
-    assert mismatches(profile, facts(XEON_VNNI), ["int8-dynamic"]) == []
-    problems = mismatches(profile, facts(OLD_XEON), ["int8-dynamic", "fp32"])
-    assert len(problems) == 1 and "avx512_vnni" in problems[0] and "E5-2680" in problems[0]
-    assert mismatches(profile, facts(OLD_XEON), ["fp32"]) == []
+    assert mismatches(profile, facts(XEON_VNNI), ["int8-static", "int8-dynamic"]) == []
+    assert mismatches(profile, facts(OLD_XEON), profile.recipes_for("x86-novnni")) == []
+    assert profile.recipes_for("x86-vnni") == profile.recipes == ("int8-static", "int8-dynamic", "bf16", "fp32")
+    assert profile.recipes_for("x86-novnni") == ("int8-dynamic", "fp32")
     assert any("avx512_bf16" in p for p in mismatches(profile, facts(XEON_VNNI), ["bf16"]))
     with pytest.raises(MachineError) as err:
-        require_fit(profile, facts(OLD_XEON), ["int8-static"])
+        require_fit(profile, facts(OLD_XEON), ["bf16"])
     assert err.value.exit_code == 8 and "server-cpu" in str(err.value)
+    text = describe(profile, facts(OLD_XEON))
+    assert "fits" in text and "does NOT fit" not in text and "CPU class x86-novnni" in text
+    assert "tries int8-dynamic on onnxruntime" in text and "tries fp32 on openvino" in text
+
+
+def test_profile_recipes_by_class_is_validated(tmp_path):
+    bad = MINIMAL.replace('candidates = ["fp32"]\n', 'candidates = ["fp32"]\n[recipes.by_class]\nx86-novnni = ["int9"]\n')
+    with pytest.raises(UsageError, match="recipes.by_class.x86-novnni"):
+        load_profile(write(tmp_path, bad))
+    with pytest.raises(UsageError, match="recipes.by_class.sparc"):
+        load_profile(write(tmp_path, MINIMAL.replace('candidates = ["fp32"]\n', 'candidates = ["fp32"]\n[recipes.by_class]\nsparc = ["fp32"]\n')))
 
 
 def test_gpu_profile_without_a_gpu_names_both_missing_things():

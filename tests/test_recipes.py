@@ -156,16 +156,18 @@ def test_quantized_recipes_change_the_weights(tiny_folder, tmp_path):
     assert [i.type.tensor_type.elem_type for i in g16.output] == [onnx.TensorProto.FLOAT]  # fp32 I/O kept
 
 
-def test_int8_dynamic_records_the_isa_choice(tiny_folder, tmp_path, monkeypatch):
-    from bertship.exporter import pipeline
+def test_int8_dynamic_records_the_target_class(tiny_folder, tmp_path):
+    """--target-cpu x86-novnni gives 7-bit weights (reduce_range); the default follows this machine's measured class."""
+    from bertship.runtimes.cpuclass import runtime_class
 
-    no_vnni = dict(cpu_info(), flags=["avx2", "fma"], arch="x86_64")
-    monkeypatch.setattr(pipeline, "cpu_info", lambda: no_vnni)
-    monkeypatch.setattr(pipeline.platform, "machine", lambda: "x86_64")
-    out = export(tiny_folder("bert", "sequence-classification"), out=tmp_path / "a", recipe="int8-dynamic",
-                 backends="onnxruntime", log=lambda _: None)
-    build = json.loads((out / "manifest.json").read_text())["backends"]["onnxruntime"]["build"]
-    assert build["reduce_range"] is True and "without VNNI" in build["reduce_range_reason"]
+    for target in ("x86-novnni", None):
+        out = export(tiny_folder("bert", "sequence-classification"), out=tmp_path / str(target), recipe="int8-dynamic",
+                     backends="onnxruntime", target_cpu=target, log=lambda _: None)
+        entry = json.loads((out / "manifest.json").read_text())["backends"]["onnxruntime"]
+        expected = target or runtime_class("onnxruntime")
+        assert entry["cpu_class"]["target"] == entry["build"]["target_cpu"] == expected
+        assert entry["build"]["reduce_range"] is (expected == "x86-novnni")
+        assert ("saturates" in entry["build"]["weights_7bit_reason"]) is (expected == "x86-novnni")
 
 
 def run(capsys, *argv) -> tuple[int, str]:

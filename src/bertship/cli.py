@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-memory-check", action="store_true", help="export even when the peak memory estimated from "
                     "the weights exceeds what this machine has available (otherwise exit 12)")
     ex.add_argument("--threads", type=int, default=None, help="threads for the verification runs")
+    ex.add_argument("--target-cpu", default=None, help="CPU class whose int8 arithmetic to build for: x86-vnni, "
+                    "x86-novnni (AVX2, or AVX-512 without VNNI: 7-bit weights), arm64-dot, arm64 (default: this "
+                    "machine's; see `bertship recipes`)")
     ex.add_argument("--force", action="store_true", help="replace an existing artifact at --out")
     ex.add_argument("--allow-pickle", action="store_true",
                     help="accept pytorch_model.bin weights (loading a pickle runs code: only for files you trust)")
@@ -209,6 +212,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         compact=args.compact, external_data=args.external_data, no_memory_check=args.no_memory_check,
         allow_missing_fusions=args.allow_missing_fusions, force=args.force, allow_pickle=args.allow_pickle,
         max_length=args.max_length, pooling=args.pooling, normalize=args.normalize, threads=args.threads,
+        target_cpu=args.target_cpu,
     )
     export(args.model, out=args.out, options=options)
     return 0
@@ -269,15 +273,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
-    from bertship.exporter.recipes import AUTO_SUMMARY, RECIPES
+    from bertship.exporter.recipes import AUTO_SUMMARY, RECIPES, on_class
     from bertship.profiles import cpu_info
+    from bertship.runtimes import cpuclass
 
     flags = set(cpu_info()["flags"])
+    cls = cpuclass.flags_class()
+    print(f"This CPU: {cpu_info()['model']}, class {cpuclass.describe(cls)}\n")
     for r in RECIPES.values():
         here = "" if not r.isa_any or flags & set(r.isa_any) else f"  [not on this machine: needs {' or '.join(r.isa_any)}]"
         print(f"{r.name}{here}\n  {r.summary}")
         for backend, how in r.how.items():
             print(f"  {backend}: {how}")
+            print(f"    on this {cls} CPU: {on_class(r.name, backend, cls)}")
         for backend, why in r.refused.items():
             print(f"  {backend}: refused — {why}")
         if r.needs_calibration:
@@ -306,7 +314,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         for name, rep in report.items():
             worst = max(o["max_abs_diff"] for o in rep["outputs"])
             cos = min(o["cosine_min"] for o in rep["outputs"])
-            print(f"{name:<12} ok  precision {rep['precision']:<5} max|diff| {worst:.2e}  min cosine {cos:.7f}  "
+            print(f"{name:<12} ok  on {rep['cpu_class']}  precision {rep['precision']:<5} max|diff| {worst:.2e}  min cosine {cos:.7f}  "
                   f"per-text tail: min {rep['tail']['cosine_min']:.6f} p1 {rep['tail']['cosine_p1']:.6f}  "
                   f"alone vs batched: min {rep['batch_invariance']['cosine_min']:.6f}"
                   + (f"  lengths: min {rep['length_sweep']['cosine_min']:.6f}" if "length_sweep" in rep else ""))
