@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bertship.cli import main
@@ -243,6 +244,32 @@ def test_user_calibration_jsonl_and_methods(tiny_folder, tmp_path, method):
     assert manifest["recipe"]["calibration"] == str(path)
     assert manifest["recipe"]["params"]["calibration_method"] == method
     assert manifest["backends"]["onnxruntime"]["build"]["calibration_samples"] == 20
+    lengths = manifest["backends"]["onnxruntime"]["build"]["calibration_lengths"]
+    assert lengths == ("real" if method == "minmax" else "padded to the longest of each 4, sorted by length")
+
+
+def test_histogram_calibration_is_fed_in_length_sorted_chunks():
+    """Entropy/percentile calibration sees at most CALIB_CHUNK samples at once, each chunk padded to its own longest
+    (ORT keeps every sample of a call in memory); nothing is lost and padding is masked."""
+    from bertship.exporter import quantize
+
+    rng = np.random.default_rng(0)
+    feeds = []
+    for n in rng.integers(3, 40, size=18):
+        ids = rng.integers(5, 90, size=(1, int(n)))
+        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    padded, chunk = quantize._pad_in_chunks(feeds, pad_id=0)
+    assert chunk == 3 and len(padded) == 18  # the largest divisor of 18 up to CALIB_CHUNK (4)
+    assert sorted(int(f["attention_mask"].sum()) for f in padded) == sorted(f["input_ids"].shape[1] for f in feeds)
+    widths = [f["input_ids"].shape[1] for f in padded]
+    assert widths == sorted(widths)
+    for start in range(0, 18, chunk):
+        group = padded[start:start + chunk]
+        assert len({f["input_ids"].shape for f in group}) == 1
+        assert max(int(f["attention_mask"].sum()) for f in group) == group[0]["input_ids"].shape[1]
+    reader = quantize._FeedReader(padded)
+    reader.set_range(3, 6)
+    assert len(reader) == 18 and [reader.get_next() is not None for _ in range(4)] == [True, True, True, False]
 
 
 @pytest.mark.parametrize("family,recipe,backends", [
