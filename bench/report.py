@@ -38,7 +38,8 @@ def _job_lines(results: dict[str, Any]) -> list[str]:
     for job_id, r in results["jobs"].items():
         load = sorted(r["load_s"])[len(r["load_s"]) // 2]
         fid = f", cosine_min {r['fidelity']['cosine_min']:.5f}" if r.get("fidelity") else ""
-        lines.append(f"{job_id}: {r['recipe']} ({r['env']['precision']}), providers "
+        cls = f", CPU class {r['env']['cpu_class']}" if r["env"].get("cpu_class") else ""
+        lines.append(f"{job_id}: {r['recipe']} ({r['env']['precision']}{cls}), providers "
                      f"{', '.join(r['env']['providers']) or '-'}, {r['threads']} threads"
                      f"{', IO binding' if r['env']['io_binding'] else ''}; load {load:.2f} s, peak RSS "
                      f"{max(r['peak_rss_mb']):.0f} MB, {r['artifact_mb']:.1f} MB{fid}")

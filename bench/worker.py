@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bertship.profiles.machine import package_versions, peak_rss_mb
+from bertship.runtimes import cpuclass
 
 from .procload import LoadWatch
 
@@ -92,7 +93,7 @@ def _environment(model, args: argparse.Namespace, runner_options: dict[str, Any]
         "disabled_optimizers": list(getattr(model.runner, "disabled_optimizers", ())),
         "sparse_weights_decompression_rate": runner_options.get("sparse_weights_decompression_rate"),
         "model_file": model.manifest["backends"][args.backend]["model"], "python": platform.python_version(),
-        "packages": versions,
+        "packages": versions, "cpu_class": cpuclass.runtime_class(args.backend),
     }
 
 

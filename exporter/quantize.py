@@ -407,8 +407,9 @@ def ort_int8_mixed(ctx: BuildContext) -> dict[str, Any]:
 
 
 def _ov_mixed_precision(ctx: BuildContext) -> str:
-    # what stays float runs in bf16 where the CPU has it (AMX/AVX512_BF16), else in f32
-    return "bf16" if set(BF16) & set(ctx.cpu_flags) else "f32"
+    # what stays float runs in bf16 where the CPU has it (AMX/AVX512_BF16), else in f32; every x86 CPU with bf16 has
+    # VNNI, so an artifact built for x86 without VNNI keeps f32
+    return "bf16" if set(BF16) & set(ctx.cpu_flags) and ctx.target != "x86-novnni" else "f32"
 
 
 def ov_int8_mixed(ctx: BuildContext) -> dict[str, Any]:

@@ -205,6 +205,7 @@ class Emulation:
     prefix: tuple[str, ...]
     env: dict[str, str]
     how: str
+    slow: bool = False  # instruction-set emulation: the export checks the golden texts only, not the length sweep
 
 
 def emulation(backend: str, cls: str) -> Emulation | None:
@@ -222,5 +223,6 @@ def emulation(backend: str, cls: str) -> Emulation | None:
     if backend == "onnxruntime":
         qemu = os.environ.get("BERTSHIP_QEMU_X86_64") or shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
         if qemu:
-            return Emulation((qemu, "-cpu", "Haswell"), {}, "ONNX Runtime's AVX2 kernels under qemu-x86_64 -cpu Haswell")
+            return Emulation((qemu, "-cpu", "Haswell"), {}, "ONNX Runtime's AVX2 kernels under qemu-x86_64 -cpu Haswell",
+                             slow=True)
     return None

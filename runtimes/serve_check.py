@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import artifact, serve, tasks
+from . import artifact, cpuclass, serve, tasks
 from .errors import BackendMissingError, FidelityError, ServeError
 from .fidelity import Tolerance, compare, text_vectors
 from .tokenizer import TextEncoder
@@ -228,8 +228,9 @@ def check_triton(root: str | Path, repository: str | Path, server_python: str | 
     texts, pairs, _, _ = golden_texts(root, manifest)
     expected = expected_results(root, manifest)
     model = record["models"][0]
+    # the server runs on this machine's CPU: the class its runtime's int8 kernels measure here
     report: dict[str, Any] = {"server": binary.source, "server_python": str(env.python), "model": model,
-                              "texts": len(texts), "fidelity": {}}
+                              "texts": len(texts), "fidelity": {}, "cpu_class": cpuclass.runtime_class(record["runtime"])}
     failures: list[str] = []
     log(f"starting tritonserver ({binary.source}) on {repository} …")
     with serve.triton_server(repository, env, binary, workdir) as server:

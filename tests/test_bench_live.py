@@ -76,6 +76,9 @@ def test_bench_records_raw_blocks_and_the_environment(tiny_artifact, tiny_profil
     ort = data["jobs"]["candidate/onnxruntime/threads=1"]
     assert ort["env"]["precision"] == "fp32" and ort["env"]["providers"] == ["CPUExecutionProvider"]
     assert ort["env"]["io_binding"] and ort["env"]["packages"]["onnxruntime"]
+    from bertship.runtimes.cpuclass import runtime_class
+
+    assert ort["env"]["cpu_class"] == runtime_class("onnxruntime")  # the class the worker's kernels measured
     assert any("XnnpackExecutionProvider is not in this onnxruntime build" in n for n in ort["notes"])
     assert data["jobs"]["candidate/openvino/threads=1"]["env"]["precision"] == "f32"
     assert set(ort["shapes"]) == {"1x16", "2x16", "text"}

@@ -109,6 +109,7 @@ def compacted(tmp_path_factory):
                                  target_cpu=target, log=lambda _: None)
         except FidelityError as exc:  # built for VNNI on a CPU without it: the gate may refuse it here
             out[target] = exc
+    out["model"] = (model, tokenizer)
     return out
 
 
@@ -272,3 +273,21 @@ def test_an_emulation_that_does_not_take_writes_nothing(tiny_folder, tmp_path, m
                backends="onnxruntime", target_cpu=NOVNNI, log=lambda _: None)
     assert not (tmp_path / "x").exists()
     assert not [p for p in tmp_path.iterdir()]
+
+
+def test_a_miss_on_the_target_class_kernels_writes_nothing(compacted, tmp_path, monkeypatch):
+    """Built for x86 without VNNI but (forced here) with 8-bit weights, the model that saturates there fails the
+    export's own check on AVX2 kernels: exit 4's FidelityError names the class and the emulation, nothing written."""
+    if HERE == NOVNNI:
+        pytest.skip("on an AVX2 CPU the target class is this machine's: the gate itself is that check")
+    if not isinstance(_emulated_report(compacted["x86-vnni"]), str):
+        pytest.skip("the 8-bit build holds on this emulation's AVX2 kernels: there is no miss to show")
+    from bertship.exporter import quantize
+
+    monkeypatch.setattr(quantize, "seven_bit_weights", lambda ctx: False)
+    model, tokenizer = compacted["model"]
+    with pytest.raises(FidelityError) as err:
+        export(model, tokenizer, task="sequence-classification", out=tmp_path / "x", recipe="int8-static",
+               backends="onnxruntime", allow_missing_fusions=True, target_cpu=NOVNNI, log=lambda _: None)
+    assert "on x86-novnni kernels" in str(err.value) and "qemu" in str(err.value) and err.value.exit_code == 4
+    assert not list(tmp_path.iterdir())

@@ -101,6 +101,9 @@ def test_check_serves_the_golden_outputs(task_artifact, serve_env, tmp_path, cap
     for where in ("http_alone", "http_batched", "grpc_alone", "grpc_batched"):
         assert f"{where}" in out.out and " ok " in out.out
     assert "p50" in out.out and "p99" in out.out and "requests/s" in out.out
+    from bertship.runtimes.cpuclass import runtime_class
+
+    assert f"CPU class {runtime_class(runtime)})" in out.out
     record = json.loads((tmp_path / "repo" / "bertship-deploy.json").read_text())
     assert record["runtime"] == runtime
     assert record["text_inputs"] == (["TEXT", "TEXT_PAIR"] if task == "question-answering" else ["TEXT"])

@@ -373,7 +373,8 @@ def _check_deployment(args: argparse.Namespace, record: dict) -> None:
     load = report["load"]
     print(f"served {report['texts']} golden texts over HTTP and gRPC within the artifact's limits; "
           f"{load['requests']} requests from {load['clients']} clients: p50 {load['latency_ms_p50']:.1f} ms, "
-          f"p99 {load['latency_ms_p99']:.1f} ms, {load['throughput_rps']:.1f} requests/s ({report['server']})")
+          f"p99 {load['latency_ms_p99']:.1f} ms, {load['throughput_rps']:.1f} requests/s ({report['server']}; CPU class "
+          f"{report['cpu_class']})")
 
 
 def _cmd_profiles(args: argparse.Namespace) -> int:
