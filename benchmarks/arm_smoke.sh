@@ -3,7 +3,8 @@
 #
 # Functional only: latency under emulation means nothing and is never printed. Checks, on an emulated ARM core
 # (QEMU_CPU, default cortex-a76; cortex-a53 has no dotprod), that `bertship profiles show mobile-arm` judges the
-# machine, that `bertship verify` reproduces the golden outputs, and that the benchmark worker runs the mobile-arm
+# machine and its CPU class, that load() re-checks an int8 artifact verified only on x86 (its class recorded in the
+# manifest) on the ARM kernels, that `bertship verify` reproduces the golden outputs, and that the worker runs the mobile-arm
 # runtime (XNNPACK asked for, CPU fallback noted) with its fidelity on the golden inputs.
 # Setup (~1 minute, ~300 MB, nothing installed system-wide): qemu-aarch64-static from its .deb, an arm64 sysroot
 # (python3.11) from a private apt configuration, aarch64 wheels via pip --target (ANCHORS.md §5).
@@ -66,7 +67,10 @@ arm() { QEMU_CPU=$CPU PYTHONPATH=$WORK/site PYTHONDONTWRITEBYTECODE=1 HOME=$WORK
 echo "== emulated $CPU: platform and onnxruntime providers"
 arm -c "import platform, onnxruntime; print(platform.machine(), onnxruntime.__version__, onnxruntime.get_available_providers())"
 echo "== bertship profiles show mobile-arm (machine check)"
-arm -m bertship.cli profiles show mobile-arm | tail -1
+arm -m bertship.cli profiles show mobile-arm | sed -n '/^this machine/,$p'
+echo "== load(): an int8 artifact verified on x86 only is re-checked on the ARM kernels first"
+arm -c "import sys; from bertship.runtimes import load; m = load(sys.argv[1], backend='onnxruntime'); r = m.recheck
+print('recheck', None if r is None else {k: r[k] for k in ('cpu_class', 'verified_on', 'target', 'seconds', 'tail')})" "$ART"
 echo "== bertship verify (checksums, tokenizer, golden outputs on aarch64)"
 arm -m bertship.cli verify "$ART" --backends onnxruntime || echo "verify failed with exit $?"
 echo "== benchmark worker with the mobile-arm runtime (timings discarded: emulation)"

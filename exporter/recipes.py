@@ -74,8 +74,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe("int8-dynamic", "int8 weights per channel; activations quantized at run time with one scale per "
                "padded batch, so a text's output depends on its batch-mates and padding (refused for embedding tasks "
                "unless --allow-batch-dependence)",
-               {"onnxruntime": "quantize_dynamic: per-channel S8 weights, U8 activations; reduce_range on x86 CPUs "
-                               "without VNNI"},
+               {"onnxruntime": "quantize_dynamic: per-channel S8 weights, U8 activations; 7-bit weights (reduce_range) when "
+                               "built for x86 without VNNI"},
                {"openvino": _NO_OV_DYNAMIC}, _INT8, params={"per_channel": True, "weight_type": "S8"}),
         Recipe("int8-static", "int8 weights and activations with scales calibrated on text",
                {"onnxruntime": "quantize_static QDQ of MatMuls: U8 activations (S8 activations are 2-4x slower on "
