@@ -56,6 +56,8 @@ PLANS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("int8-mixed 0.97", "int8-mixed", "openvino", {"min_cosine": 0.97}),
     ("int8-mixed 0.99, calibrated on MR dev", "int8-mixed", "openvino", {"min_cosine": 0.99, "calibration": "dev"}),
 ]
+# --quick: the recipes that can lead, and sentence-transformers' own backends; no classifier, no earlier anchors
+QUICK = ("fp32", "bf16", "int8-static (nncf)", "int8-mixed 0.99")
 # the MR classifier under the recipes a classifier would use (int8-mixed judged on agreement, its default)
 CLASSIFIER_PLANS = [("fp32", "onnxruntime"), ("bf16", "openvino"), ("int8-weight-only", "openvino"),
                     ("int8-static", "openvino"), ("int8-dynamic", "onnxruntime"), ("int8-mixed", "openvino"),
@@ -138,7 +140,10 @@ def measure(variants: dict[str, tuple[Path, str]], texts_file: Path, texts: list
         for name in order:
             _log(f"pass {p + 1}/{passes}: {name}")
             vec = WORK / "vec"
-            if name.startswith("sentence-transformers"):
+            if variants.get(name, (None, None))[1] == "st":
+                cmd = [sys.executable, "-m", "benchmarks.st_backends", "embed", "--work", str(WORK / "st"),
+                       "--variant", name, "--texts", str(texts_file), "--vectors-out", str(vec)]
+            elif name.startswith("sentence-transformers"):
                 cmd = [sys.executable, "-m", "benchmarks.baselines", str(default_model_path()), "--encode",
                        str(texts_file), "--vectors-out", str(ref_file), "--threads", "2", "--rounds", "2"]
             else:
@@ -151,7 +156,7 @@ def measure(variants: dict[str, tuple[Path, str]], texts_file: Path, texts: list
                 results[name]["foreign_loads"] += r["foreign_loads"]
                 continue
             results[name] = r
-            if not name.startswith("sentence-transformers"):
+            if name != "sentence-transformers encode (fp32)":
                 r["vectors"] = (np.load(f"{vec}.batched.npy"), np.load(f"{vec}.alone.npy"))
     reference = np.load(ref_file)
     base = float(np.median(results["sentence-transformers encode (fp32)"]["sent_per_s"]))
@@ -198,11 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--report-only", action="store_true", help="re-render the .md and .png from the JSON in --out")
+    parser.add_argument("--quick", action="store_true", help="only the recipes that can lead (QUICK) and "
+                        "sentence-transformers' own backends; written as embed_fidelity_quick.*")
     args = parser.parse_args(argv)
+    stem = "embed_fidelity_quick" if args.quick else "embed_fidelity"
     if args.report_only:
-        results = json.loads((args.out / "embed_fidelity.json").read_text())
-        (args.out / "embed_fidelity.md").write_text(markdown(results))
-        plot(results, args.out / "embed_fidelity.png")
+        results = json.loads((args.out / f"{stem}.json").read_text())
+        (args.out / f"{stem}.md").write_text(markdown(results))
+        plot(results, args.out / f"{stem}.png")
         return 0
     from benchmarks.anchors import build_anchors
     from bertship.exporter.calibration import read_texts
@@ -216,9 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     texts_file.write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
     dev = WORK / "mr-dev.txt"
     dev.write_text("".join(t.replace("\n", " ") + "\n" for t, _ in data["dev"][:300]), encoding="utf-8")
-    variants = build(PLANS, default_model_path(), "sentence-embedding", WORK / "artifacts", dev)
-    variants.update(build_anchors(default_model_path(), read_texts(None)[0], "feature-extraction", WORK / "anchors",
-                                  _log))
+    plans = [p for p in PLANS if p[0] in QUICK] if args.quick else PLANS
+    variants = build(plans, default_model_path(), "sentence-embedding", WORK / "artifacts", dev)
+    if not args.quick:
+        variants.update(build_anchors(default_model_path(), read_texts(None)[0], "feature-extraction",
+                                      WORK / "anchors", _log))
+    from benchmarks import st_backends
+
+    calib = WORK / "st-calibration.txt"
+    calib.write_text("".join(t + "\n" for t in read_texts(None)[0]), encoding="utf-8")
+    _log("build sentence-transformers' backends")
+    st_status = st_backends.build(WORK / "st", calib)
+    variants.update({name: (WORK / "st", "st") for name, ok in st_status.items() if ok == "ok"})
     tok_from = WORK / "artifacts" / "fp32-onnxruntime"
     emb = measure(variants, texts_file, texts, tok_from, args.passes)
     for name, (path, _) in variants.items():
@@ -228,19 +245,23 @@ def main(argv: list[str] | None = None) -> int:
             emb[name]["export_s"] = float(build_s.read_text()) if build_s.exists() else None
             emb[name]["kept_float"] = next(iter(manifest.get("fallback", {}).values()), {}).get("kept_float")
             emb[name]["groups"] = next(iter(manifest.get("fallback", {}).values()), {}).get("groups")
+    from bertship.runtimes.cpuclass import flags_class
+
     results = {
-        "benchmark": "embed_fidelity", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "benchmark": stem, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_class": flags_class(),
+        "stock_not_built": {k: v for k, v in st_status.items() if v != "ok"},
         "command": "python -m benchmarks.embed_fidelity " + " ".join(argv or sys.argv[1:]),
         "machine": cpu_info(), "packages": package_versions(("onnxruntime", "openvino", "nncf", "torch",
                                                               "sentence-transformers")),
         "threads": 2, "texts": {"mr_test": len(data["test"]), "amazon": AMAZON},
         "refused": {p.name: p.read_text() for p in WORK.rglob("*.refused")},
-        "embeddings": emb, "classifier": classifier_accuracy(data), "minutes": (time.time() - start) / 60,
+        "embeddings": emb, "classifier": {} if args.quick else classifier_accuracy(data),
+        "minutes": (time.time() - start) / 60,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "embed_fidelity.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "embed_fidelity.md").write_text(markdown(results))
-    plot(results, args.out / "embed_fidelity.png")
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(results))
+    plot(results, args.out / f"{stem}.png")
     print(markdown(results))
     return 0
 
@@ -252,7 +273,8 @@ def markdown(r: dict[str, Any]) -> str:
     """The table (× sentence-transformers, tail, invariance, classifier % of fp32), the target, the worst texts."""
     cpu = r["machine"]
     emb, clf = r["embeddings"], r["classifier"]
-    lines = [f"Machine: {cpu['model']} ({cpu['arch']}, {cpu['cores']} cores; {' '.join(cpu['flags'])}), "
+    lines = [f"Machine: {cpu['model']} ({cpu['arch']}, {cpu['cores']} cores; {' '.join(cpu['flags'])}; CPU class "
+             f"{r.get('cpu_class', 'not recorded')}), "
              f"{r['threads']} threads; {r['created']}; `{r['command']}` ({r['minutes']:.0f} min).", "",
              f"Texts: MR test split ({r['texts']['mr_test']}) + Amazon review snippets ({r['texts']['amazon']}), "
              "none used for tuning. Speed: sentences/s of `embed(texts, batch_size=32)` (median of the rounds of "
@@ -282,9 +304,22 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Aim (issue 11): ≥ {TARGET['x']}× sentence-transformers at min cosine ≥ {TARGET['min']} and alone vs "
               f"batched ≥ {TARGET['batch']}. "
               + (f"Fastest variant that keeps that fidelity here: {best[0]} at {best[1]['x_sentence_transformers']:.2f}×."
-                 if best else "No variant keeps that fidelity here."),
-              "", "MR classifier (test accuracy, each recipe exported from the fine-tuned classifier):", "",
-              "| variant | accuracy | % of fp32 | float groups |", "|---|---|---|---|"]
+                 if best else "No variant keeps that fidelity here.")]
+    stock = {n: v for n, v in emb.items() if n.startswith("sentence-transformers ") and "cosine_min" in v}
+    ours = [(n, v) for n, v in faithful if n.startswith("bertship")]
+    if stock and ours:
+        lead_name, lead = max(ours, key=lambda kv: kv[1]["x_sentence_transformers"])
+        rival_name, rival = max(stock.items(), key=lambda kv: kv[1]["x_sentence_transformers"])
+        ratio = lead["x_sentence_transformers"] / rival["x_sentence_transformers"]
+        lines += ["", f"Aim (issue 20): the fastest bertship variant at that fidelity beats every sentence-transformers "
+                  f"backend by ≥ 1.3×, whatever their fidelity: {lead_name} {lead['x_sentence_transformers']:.2f}× vs "
+                  f"{rival_name} {rival['x_sentence_transformers']:.2f}× = **{ratio:.2f}×** "
+                  f"({'met' if ratio >= 1.3 else 'missed'})."]
+    for name, why in r.get("stock_not_built", {}).items():
+        lines.append(f"- not measured: {name}: {why[:300]}")
+    if clf:
+        lines += ["", "MR classifier (test accuracy, each recipe exported from the fine-tuned classifier):", "",
+                  "| variant | accuracy | % of fp32 | float groups |", "|---|---|---|---|"]
     for name, c in clf.items():
         kept = ", ".join(k["group"] for k in c["kept_float"]) if c.get("kept_float") else "—"
         lines.append(f"| {name} | {c['accuracy']:.4f} | {c['pct_of_fp32']:.1f} % | {kept} |")

@@ -299,7 +299,7 @@ def _targets(names: tuple[str, ...], target: str | None, recipe: str, log: Calla
                 f"checks it here, then on {chosen[name]} kernels where this machine can run them")
         slower = cpuclass.no_gain(chosen[name], recipe, name)
         if slower:
-            log(f"[bertship] target   {name}: {recipe} will not be faster than fp32 here: {slower}")
+            log(f"[bertship] target   {name}: {recipe} will not be faster than fp32: {slower}")
     return chosen
 
 
