@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     variants.update({name: (WORK / "st", "st") for name, ok in st_status.items() if ok == "ok"})
     tok_from = WORK / "artifacts" / "fp32-onnxruntime"
     emb = measure(variants, texts_file, texts, tok_from, args.passes)
-    for name, (path, _) in variants.items():
-        if path.is_dir():
+    for name, (path, backend) in variants.items():
+        if backend != "st" and path.is_dir():
             manifest = json.loads((path / "manifest.json").read_text())
             build_s = path.with_name(path.name + ".build_s")
             emb[name]["export_s"] = float(build_s.read_text()) if build_s.exists() else None
