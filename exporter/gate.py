@@ -14,7 +14,7 @@ from bertship.runtimes.verify import Feeds, backend_checks, tokenizer_failures
 
 def run_gate(
     staging: Path, manifest: dict[str, Any], feeds: Feeds, refs: Feeds, texts: list[str], pairs: list[str] | None,
-    threads: int | None, sweep_refs=None, log: Callable[[str], None] | None = None,
+    threads: int | None, sweep=None, log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Check the bundled tokenizer and run every built backend on the golden feeds; `log` gets one line per backend
     with its load and check times (minutes for large models).
@@ -28,12 +28,14 @@ def run_gate(
         start = time.perf_counter()
         runner = backends.runner_class(name)(staging / entry["model"], threads, entry.get("options"))
         loaded = time.perf_counter() - start
-        report[name], failed = backend_checks(runner, manifest, feeds, refs, texts, sweep_refs)
+        report[name], failed = backend_checks(runner, manifest, feeds, refs, texts, sweep)
         report[name]["cpu_class"] = cpuclass.runtime_class(name)
         failures += failed
         del runner  # one backend's session (weights, pre-packed kernels) in memory at a time
         if log is not None:
-            log(f"[bertship]          {name}: session {loaded:.1f} s, checks {time.perf_counter() - start - loaded:.1f} s")
+            parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in report[name]["check_s"].items())
+            log(f"[bertship]          {name}: session {loaded:.1f} s, checks {time.perf_counter() - start - loaded:.1f} s "
+                f"({parts})")
     if failures:
         recipe = manifest["recipe"]["name"]
         if any("depend on batch-mates" in f for f in failures):

@@ -92,9 +92,17 @@ def reference_outputs(source: Source, feeds: list[dict[str, np.ndarray]]) -> lis
     return refs
 
 
-def sweep_references(source: Source, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+SWEEP_BATCH_TOKENS = 4096  # padded tokens per PyTorch pass of the length sweep (longer inputs run alone)
+SWEEP_BATCH_SPREAD = 1.25  # the longest input of a pass is at most this much longer than its shortest
+
+
+def sweep_references(source: Source, feeds: list[dict[str, np.ndarray]], lengths: list[int]) -> np.ndarray:
     """PyTorch fp32 vectors of the length sweep (runtimes.verify.sweep_feeds), one row per length: what every backend
-    must reproduce at every sequence length."""
+    must reproduce at each of those lengths, each run there as a [1, L] input.
+
+    PyTorch runs them in padded batches of near lengths: each input keeps its own attention mask, so the padding is
+    masked out of every real token's attention and its vector is the input's alone up to float rounding (tested
+    against one pass per length for every family); one pass per length was most of the load stage's time."""
     import torch
 
     from bertship.runtimes.fidelity import text_vectors
@@ -103,11 +111,31 @@ def sweep_references(source: Source, feeds: list[dict[str, np.ndarray]]) -> np.n
     module = graph_module(source)
     names = [o.name for o in source.task.outputs]
     outputs = [o.as_dict() for o in source.task.outputs]
-    rows = []
+    inputs = sweep_feeds(feeds, lengths)
+    pad_id = int(source.tokenizer.pad_token_id)
+    rows: list[np.ndarray | None] = [None] * len(inputs)
     with torch.no_grad():
-        for feed in sweep_feeds(feeds, source.max_length):
-            out = module(*(torch.from_numpy(feed[n]) for n in source.family.inputs))
+        for group in sweep_batches(lengths):
+            longest = max(lengths[i] for i in group)
+            batch = {n: np.stack([np.pad(inputs[i][n][0], (0, longest - lengths[i]),
+                                         constant_values=pad_id if n == "input_ids" else 0) for i in group])
+                     for n in source.family.inputs}
+            out = module(*(torch.from_numpy(batch[n]) for n in source.family.inputs))
             out = out if isinstance(out, tuple) else (out,)
             outs = {n: t.detach().float().numpy() for n, t in zip(names, out)}
-            rows.append(text_vectors(source.task.name, outputs, outs, feed["attention_mask"], pooled=True)[0])
+            for i, row in zip(group, text_vectors(source.task.name, outputs, outs, batch["attention_mask"], pooled=True)):
+                rows[i] = row
     return np.stack(rows).astype(np.float32)
+
+
+def sweep_batches(lengths: list[int]) -> list[list[int]]:
+    """Indices of `lengths` grouped into PyTorch passes: ascending, at most SWEEP_BATCH_TOKENS padded tokens and a
+    spread of SWEEP_BATCH_SPREAD per pass."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= SWEEP_BATCH_TOKENS \
+                and lengths[i] <= SWEEP_BATCH_SPREAD * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups

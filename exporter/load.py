@@ -39,8 +39,10 @@ class Source:
         large model would otherwise hold a copy of its weights through every stage after export."""
         import gc
 
+        size = sum(p.numel() * p.element_size() for p in self.model.parameters())
         self.model = ReleasedModel(self.model.config)
-        gc.collect()
+        if size >= 64 << 20:  # a full collection costs ~0.25 s once torch is imported: worth it for large weights only
+            gc.collect()
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,13 @@ def environment() -> dict[str, Any]:
 
 
 def write_golden(staging: Path, texts: list[str], pairs: list[str] | None, feeds, refs,
-                 sweep_refs: np.ndarray | None = None) -> dict[str, Any]:
-    """golden.npz: the texts, each batch's inputs and PyTorch's outputs on them, and the length sweep's reference
-    vectors (plain arrays, loadable without pickle)."""
+                 sweep=None) -> dict[str, Any]:
+    """golden.npz: the texts, each batch's inputs and PyTorch's outputs on them, and the length sweep's lengths and
+    reference vectors (runtimes.verify.Sweep; plain arrays, loadable without pickle)."""
     arrays: dict[str, np.ndarray] = {"texts": np.array(texts, dtype=np.str_)}
-    if sweep_refs is not None:
-        arrays["sweep.ref"] = sweep_refs
+    if sweep is not None:
+        arrays["sweep.ref"] = sweep.refs
+        arrays["sweep.lengths"] = np.asarray(sweep.lengths, dtype=np.int64)
     if pairs is not None:
         arrays["pairs"] = np.array(pairs, dtype=np.str_)
     for b, (feed, ref) in enumerate(zip(feeds, refs)):
@@ -39,7 +40,7 @@ def write_golden(staging: Path, texts: list[str], pairs: list[str] | None, feeds
         arrays.update({f"b{b}.ref.{k}": v for k, v in ref.items()})
     np.savez_compressed(staging / artifact.GOLDEN, **arrays)
     return {"file": artifact.GOLDEN, "batches": len(feeds), "texts": len(texts), "reference": "pytorch fp32",
-            "sweep_lengths": None if sweep_refs is None else len(sweep_refs)}
+            "sweep_lengths": None if sweep is None else len(sweep.lengths)}
 
 
 def write_manifest(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bertship.profiles import cpu_info
-from bertship.profiles.machine import available_memory_mb, peak_rss_mb, reset_peak_rss
+from bertship.profiles.machine import available_memory_mb, peak_rss_mb, reset_peak_rss, rss_mb
 from bertship.runtimes import artifact, backends as backend_table, cpuclass
 from bertship.runtimes.errors import UsageError
+from bertship.runtimes.verify import SWEEP_BUDGET, Sweep, sweep_cost, sweep_lengths
 
 from . import auto, calibration, fallback, golden, graph, load as load_stage, memory, package, qat, quantize
 from .gate import cross_class_checks, run_gate
@@ -41,15 +42,23 @@ class _Stages:
     def stage(self, name: str, what: str) -> Iterator[None]:
         self.log(f"[bertship] {name:<8} {what} …")
         own_peak = reset_peak_rss()  # else the peaks below run from the process start
+        before = rss_mb()
         start = time.perf_counter()
         yield
         took = time.perf_counter() - start
         peak = round(peak_rss_mb(), 1)
-        _trim_heap()  # what this stage freed goes back to the OS, not into the next stage's peak
+        if before is None or peak - before >= TRIM_ABOVE_MB:
+            _trim_heap()  # what this stage freed goes back to the OS, not into the next stage's peak
         self.timings[name] = round(self.timings.get(name, 0.0) + took, 3)
         self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), peak)
         self.log(f"[bertship] {name:<8} done in {took:.1f} s, peak RSS {peak / 1024:.2f} GB"
                  + ("" if own_peak else " (since start)"))
+
+
+# A stage whose peak rose less than this above its start leaves nothing worth trimming. The full gc.collect() that a
+# trim starts with costs ~0.25 s in a process that has imported torch, transformers and both runtimes (half of a
+# tiny model's export time when it ran after every stage); a large model's stages free gigabytes.
+TRIM_ABOVE_MB = 256
 
 
 def _trim_heap() -> None:
@@ -126,11 +135,12 @@ def export(
         # references come from the model as given, so the gate also proves that compaction changed nothing
         refs = golden.reference_outputs(source, feeds)
         golden_s, clock = time.perf_counter() - clock, time.perf_counter()
-        # the slow part for large models: one PyTorch forward per length, up to the model's maximum
+        lengths = sweep_lengths(source.max_length, hidden_size(source.model.config))
         log(f"[bertship]          weights {took:.1f} s, PyTorch references for {len(texts)} golden texts "
-            f"{golden_s:.1f} s; now the length sweep (one input per length to {source.max_length} tokens) …")
-        sweep_refs = golden.sweep_references(source, feeds)
-        log(f"[bertship]          length sweep: {len(sweep_refs)} lengths in {time.perf_counter() - clock:.1f} s")
+            f"{golden_s:.1f} s; now the length sweep ({len(lengths)} lengths, 3 to {source.max_length} tokens) …")
+        sweep = Sweep(lengths, golden.sweep_references(source, feeds, lengths))
+        log(f"[bertship]          length sweep: {len(lengths)} lengths ({sum(lengths)} tokens) in "
+            f"{time.perf_counter() - clock:.1f} s")
     embedding = source.task.name in EMBEDDING_TASKS
     if min_cos is not None and not embedding:
         raise UsageError(_MIN_COSINE_TASK.format(task=source.task.name))
@@ -185,7 +195,7 @@ def export(
             objectives.append(fallback.Objective.drop(_scorer(source, plain, opts, calib_texts), max_drop))
         tail_scorer = None
         if min_cos is not None:
-            tail_scorer = _tail_scorer(source, plain, opts, calib_texts, texts, feeds)
+            tail_scorer = _tail_scorer(source, plain, opts, calib_texts, texts, feeds, sweep.lengths)
             objectives.append(fallback.Objective(tail_scorer, min_cos))
         searching = recipe.name == "int8-mixed" or (max_drop is not None and recipe.name in fallback.SEARCHING)
         for name in names:
@@ -219,17 +229,25 @@ def export(
         if fusion is not None:
             manifest["graph"] = {"fusions": fusion.as_dict(), "allow_missing_fusions": opts.allow_missing_fusions}
         with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden texts (batched, "
-                                    f"alone, other batch-mates) and {len(sweep_refs)} sequence lengths"):
+                                    f"alone, other batch-mates) and {len(sweep.lengths)} sequence lengths"):
             manifest["fidelity"]["backends"] = run_gate(staging, manifest, feeds, refs, texts, pairs, opts.threads,
-                                                        sweep_refs, log=log)
+                                                        sweep, log=log)
         for name, rep in manifest["fidelity"]["backends"].items():
-            sweep = rep["length_sweep"]
+            swept = rep["length_sweep"]
             log(f"[bertship]          {name}: per-text cosine min {rep['tail']['cosine_min']:.5f} "
                 f"(p1 {rep['tail']['cosine_p1']:.5f}, worst {rep['tail']['worst'][0]['text']!r}); alone vs batched "
-                f"min {rep['batch_invariance']['cosine_min']:.6f}; lengths 3-{sweep['longest']} min "
-                f"{sweep['cosine_min']:.5f} (at {sweep['worst_length']})")
+                f"min {rep['batch_invariance']['cosine_min']:.6f}; lengths 3-{swept['longest']} min "
+                f"{swept['cosine_min']:.5f} (at {swept['worst_length']})")
         with stages.stage("package", "golden outputs, manifest, report"):
-            manifest["golden"] = package.write_golden(staging, texts, pairs, feeds, refs, sweep_refs)
+            manifest["golden"] = package.write_golden(staging, texts, pairs, feeds, refs, sweep)
+            hidden = hidden_size(source.model.config)
+            manifest["golden"]["sweep"] = {
+                "lengths": sweep.lengths, "tokens": sum(sweep.lengths), "hidden_size": hidden,
+                "cost_token_equivalents": round(sum(sweep_cost(n, hidden) for n in sweep.lengths)),
+                "optional_budget_token_equivalents": SWEEP_BUDGET,
+                "rule": "every length to 64 and the max length; then powers of two with neighbours, 8-row tile edges "
+                        "to 128, multiples of 64 with neighbours, the rest to 128, every 8th to 512, within the "
+                        "budget (runtimes/verify.py, docs/recipes.md)"}
             manifest["timings_s"] = stages.timings
             manifest["peak_rss_mb"] = stages.peak_rss_mb
             package.write_report(staging, dict(manifest, files=artifact.file_entries(staging)))
@@ -242,6 +260,15 @@ def export(
         raise
     log(f"[bertship] wrote {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
     return out
+
+
+def hidden_size(config: Any) -> int:
+    """The width of the model's hidden states (the length sweep's cost model); 768 where the config names none."""
+    for name in ("hidden_size", "dim", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 768
 
 
 @contextmanager
@@ -332,7 +359,7 @@ _MIN_COSINE_TASK = ("--min-cosine judges embedding vectors (feature-extraction, 
 
 
 def _tail_scorer(source, plain: Path, opts: ExportOptions, calib_texts, golden_texts: list[str],
-                 golden_feeds) -> fallback.TailScorer:
+                 golden_feeds, lengths: list[int]) -> fallback.TailScorer:
     """What --min-cosine is judged on: the eval or calibration texts plus the golden texts, and the length sweep."""
     if opts.eval_data is not None:
         from bertship.runtimes.evaluate import read_eval_data
@@ -343,7 +370,7 @@ def _tail_scorer(source, plain: Path, opts: ExportOptions, calib_texts, golden_t
     from bertship.runtimes.verify import sweep_feeds
 
     return fallback.make_tail_scorer(plain, source, list(dict.fromkeys([*texts, *golden_texts])), None,
-                                     sweep_feeds(golden_feeds, source.max_length))
+                                     sweep_feeds(golden_feeds, lengths))
 
 
 def _check_target(staging: Path, built: dict[str, Any], scorer: fallback.TailScorer, min_cos: float, recipe: str,

@@ -102,22 +102,34 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     return versions
 
 
+def _status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB.
 
     VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across fork+exec, so a worker started by a large parent
     (one that just ran torch) would report the parent's peak as its own.
     """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
+    peak = _status_mb("VmHWM:")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory now, in MB (VmRSS; None where /proc is absent)."""
+    return _status_mb("VmRSS:")
 
 
 def reset_peak_rss() -> bool:

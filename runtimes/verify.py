@@ -5,6 +5,8 @@ The export gate runs the same functions on the staged artifact before it is publ
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,54 +49,104 @@ def tokenizer_failures(encoder: TextEncoder, texts: list[str], pairs: list[str] 
 
 def backend_checks(
     runner: Runner, manifest: dict[str, Any], feeds: Feeds, refs: Feeds, texts: list[str],
-    sweep_refs: np.ndarray | None = None,
+    sweep: Sweep | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Run one backend on the golden feeds and compare every output, then each text's vector alone and among other
-    batch-mates, and the length sweep (see `usage_checks`); (report, failures prefixed by backend)."""
+    batch-mates, and the length sweep (see `usage_checks`); (report, failures prefixed by backend). The report's
+    check_s says how long each part ran."""
     tolerance = Tolerance(**manifest["fidelity"]["tolerance"])
+    start = time.perf_counter()
     gots = [runner.run(f) for f in feeds]
+    golden_s = time.perf_counter() - start
     masks = [f["attention_mask"] for f in feeds]
     checks = [
         compare(o["name"], o["axes"], o.get("argmax"), [r[o["name"]] for r in refs], [g[o["name"]] for g in gots],
                 masks, tolerance)
         for o in manifest["signature"]["outputs"]
     ]
-    usage, failures = usage_checks(runner, manifest, feeds, refs, gots, texts, tolerance, sweep_refs)
+    usage, failures = usage_checks(runner, manifest, feeds, refs, gots, texts, tolerance, sweep)
+    usage["check_s"] = {"golden_batches": round(golden_s, 3), **usage["check_s"]}
     report = {"precision": runner.precision, "outputs": [c.as_dict() for c in checks], **usage}
     failures = [msg for c in checks for msg in c.failures] + failures
     return report, [f"{runner.backend}: {msg}" for msg in failures]
 
 
 OTHER_BATCH = 5  # the golden batches hold 8: a second arrangement gives every text other batch-mates and padding
-# The length sweep: one input of every length up to SWEEP_DENSE tokens, then every 8th up to SWEEP_LONG, then doubling
-# up to the max length. Runtimes pick kernels by shape, and one can be wrong at one shape only: OpenVINO 2026.4 ran an
-# int8 model with a bf16 hint wrong at exactly 32 tokens in a batch of one (cosine 0.85; 0.998 at 31 and 33), which no
-# golden text hit. Past 512 tokens (long-context encoders such as ModernBERT, 8192) every 8th length would cost
-# thousands of forward passes, so the lengths double there: 1024, 2048, …, and the max length itself.
-SWEEP_DENSE = 130
-SWEEP_STEP = 8
-SWEEP_LONG = 512
 
 
-def sweep_lengths(max_length: int) -> list[int]:
-    """The sequence lengths the length sweep runs: 3 (two special tokens and one more) to max_length."""
-    dense = range(3, min(max_length, SWEEP_DENSE) + 1)
-    sparse = range(SWEEP_DENSE + SWEEP_STEP, min(max_length, SWEEP_LONG) + 1, SWEEP_STEP)
-    doubling = [SWEEP_LONG * 2 ** i for i in range(1, 16) if SWEEP_LONG * 2 ** i <= max_length]
-    ends = {max_length, min(max_length, SWEEP_LONG)} if max_length >= 3 else set()
+# The length sweep: one [1, L] input per chosen length, each checked against PyTorch. Runtimes pick kernels by shape,
+# and one can be wrong at one shape only: OpenVINO 2026.4 ran an int8 model with a bf16 hint wrong at exactly 32 tokens
+# in a batch of one (cosine 0.85; 0.998 at 31 and 33), which no golden text hit. Which lengths are worth a forward pass
+# follows from how CPU kernels tile the sequence: GEMMs and attention cut it into tiles of 4 to 64 rows and handle the
+# rest (L mod tile) on a separate path, and switch algorithms at size thresholds. So every length up to 64 is checked
+# (every tail with no full tile before it: short texts, queries), and the maximum length (the longest path). Beyond
+# them the candidates come by kind, most telling first: each power of two from 64 with its neighbours (thresholds and
+# tile edges), the tails after one full 64-row tile that sit on 8-row tile edges (L mod 8 in 7, 0, 1), the multiples of
+# 64 with their neighbours, the other lengths to 128, and every 8th length to 512. They are taken in that order while
+# their cost stays within SWEEP_BUDGET token-equivalents (a forward pass of L tokens costs L * (1 + L / (6 * hidden))
+# token-equivalents: the attention's share grows with L): a budget in units of the model's own per-token cost, so the
+# sweep's time scales with the model's size and not with its max length. docs/recipes.md has the measurements.
+SWEEP_SHORT = 64
+SWEEP_BUDGET = 6144
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The length sweep of an artifact: the lengths checked and PyTorch's vector at each (fidelity.text_vectors,
+    pooled), row for row."""
+
+    lengths: list[int]
+    refs: np.ndarray
+
+
+def sweep_cost(length: int, hidden: int) -> float:
+    """Token-equivalents of one forward pass of `length` tokens (dense layers per token, plus attention's L^2)."""
+    return length * (1.0 + length / (6.0 * hidden))
+
+
+def sweep_lengths(max_length: int, hidden: int = 768, budget: float = SWEEP_BUDGET) -> list[int]:
+    """The lengths the sweep checks for a model of this max length and hidden size (see SWEEP_BUDGET)."""
+    if max_length < 3:
+        return []
+    always = set(range(3, min(max_length, SWEEP_SHORT) + 1)) | {max_length}
+    powers = [2 ** k for k in range(6, 16) if 2 ** k <= max_length + 1]
+    second_tile = range(SWEEP_SHORT + 1, 2 * SWEEP_SHORT + 1)
+    kinds = [
+        [n for p in powers for n in (p - 1, p, p + 1)] + [max_length - 1],
+        [n for n in second_tile if n % 8 in (7, 0, 1)],
+        [n for m in range(3 * SWEEP_SHORT, max_length, SWEEP_SHORT) for n in (m - 1, m, m + 1)],
+        list(second_tile),
+        list(range(2 * SWEEP_SHORT + 8, 513, 8)),
+    ]
+    chosen, spent = set(always), 0.0
+    for kind in kinds:
+        for n in kind:
+            if 3 <= n <= max_length and n not in chosen and spent + sweep_cost(n, hidden) <= budget:
+                chosen.add(n)
+                spent += sweep_cost(n, hidden)
+    return sorted(chosen)
+
+
+def legacy_sweep_lengths(max_length: int) -> list[int]:
+    """The lengths of artifacts whose golden.npz does not list them (made before the budgeted sweep): every length to
+    130, every 8th to 512, then doubling, and the max length."""
+    dense = range(3, min(max_length, 130) + 1)
+    sparse = range(138, min(max_length, 512) + 1, 8)
+    doubling = [512 * 2 ** i for i in range(1, 16) if 512 * 2 ** i <= max_length]
+    ends = {max_length, min(max_length, 512)} if max_length >= 3 else set()
     return sorted(set(dense) | set(sparse) | set(doubling) | ends)
 
 
-def sweep_feeds(feeds: Feeds, max_length: int) -> Feeds:
-    """One [1, L] input per sweep length, made of the golden texts' own tokens: the first golden text's first and
-    last tokens (the special tokens) around the other tokens of every golden text, repeated as needed."""
+def sweep_feeds(feeds: Feeds, lengths: list[int]) -> Feeds:
+    """One [1, L] input per length, made of the golden texts' own tokens: the first golden text's first and last
+    tokens (the special tokens) around the other tokens of every golden text, repeated as needed."""
     alone, _ = arrangements(feeds, 0)
     first = alone[0]
     names = list(first)
     inner = np.concatenate([a["input_ids"][0, 1:-1] for a in alone if a["input_ids"].shape[1] > 2])
-    inner = np.tile(inner, max_length // max(len(inner), 1) + 1)
+    inner = np.tile(inner, max(lengths, default=0) // max(len(inner), 1) + 1)
     out = []
-    for length in sweep_lengths(max_length):
+    for length in lengths:
         ids = np.concatenate([first["input_ids"][0, :1], inner[: length - 2], first["input_ids"][0, -1:]])[None, :]
         feed = {n: np.zeros_like(ids) for n in names}
         feed["input_ids"] = ids.astype(np.int64)
@@ -103,10 +155,16 @@ def sweep_feeds(feeds: Feeds, max_length: int) -> Feeds:
     return out
 
 
-def read_sweep(root: Path) -> np.ndarray | None:
-    """The reference vectors of the length sweep from golden.npz (None for artifacts made before it existed)."""
+def read_sweep(root: Path, manifest: dict[str, Any] | None = None) -> Sweep | None:
+    """The length sweep from golden.npz (None for artifacts made before it existed)."""
     with np.load(root / artifact.GOLDEN, allow_pickle=False) as data:
-        return data["sweep.ref"] if "sweep.ref" in data.files else None
+        if "sweep.ref" not in data.files:
+            return None
+        refs = data["sweep.ref"]
+        if "sweep.lengths" in data.files:
+            return Sweep([int(n) for n in data["sweep.lengths"]], refs)
+    manifest = manifest if manifest is not None else artifact.read_manifest(root)
+    return Sweep(legacy_sweep_lengths(int(manifest["tokenizer"]["max_length"])), refs)
 
 
 def arrangements(feeds: Feeds, pad_id: int) -> tuple[Feeds, Feeds]:
@@ -130,10 +188,10 @@ def arrangements(feeds: Feeds, pad_id: int) -> tuple[Feeds, Feeds]:
 
 def usage_checks(
     runner: Runner, manifest: dict[str, Any], feeds: Feeds, refs: Feeds, gots: Feeds, texts: list[str],
-    tolerance: Tolerance, sweep_refs: np.ndarray | None = None,
+    tolerance: Tolerance, sweep: Sweep | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Each golden text's vector (fidelity.text_vectors) in the golden batch, alone, and among other batch-mates; and
-    with `sweep_refs`, one input of every sweep length.
+    with `sweep`, one input of every sweep length.
 
     tail: the lowest per-text cosines against the reference over the three arrangements; batch_invariance: the lowest
     cosine between a text alone and the same text batched; length_sweep: the lowest cosine over the lengths. Failures
@@ -147,8 +205,11 @@ def usage_checks(
     alone, others = arrangements(feeds, int(manifest["tokenizer"]["pad_id"]))
     ref = vectors(feeds, refs)
     batched = vectors(feeds, gots)
+    clock = time.perf_counter()
     single = vectors(alone, [runner.run(f) for f in alone])
+    alone_s, clock = time.perf_counter() - clock, time.perf_counter()
     other = vectors(others, [runner.run(f) for f in others])[::-1]
+    timings = {"alone": round(alone_s, 3), "other_batch_mates": round(time.perf_counter() - clock, 3)}
     per_text = np.minimum.reduce([cosines(batched, ref), cosines(single, ref), cosines(other, ref)])
     invariance = np.minimum(cosines(single, batched), cosines(single, other))
     worst_diff = max(float(np.abs(a - b).max(initial=0.0)) for a, b in zip(single + single, batched + other))
@@ -164,13 +225,15 @@ def usage_checks(
         i = int(invariance.argmin())
         failures.append(f"a text alone vs in a batch: cosine {invariance[i]:.6f} < {tolerance.min_batch_cosine} "
                         f"(text {texts[i]!r}): outputs depend on batch-mates and padding")
-    if sweep_refs is not None:
-        sweep = sweep_feeds(feeds, int(manifest["tokenizer"]["max_length"]))
-        got = [text_vectors(task, outputs, runner.run(f), f["attention_mask"], pooled=True)[0] for f in sweep]
-        cos = cosines(got, list(sweep_refs))
+    if sweep is not None:
+        clock = time.perf_counter()
+        inputs = sweep_feeds(feeds, sweep.lengths)
+        got = [text_vectors(task, outputs, runner.run(f), f["attention_mask"], pooled=True)[0] for f in inputs]
+        timings["length_sweep"] = round(time.perf_counter() - clock, 3)
+        cos = cosines(got, list(sweep.refs))
         worst = int(cos.argmin())
-        length = sweep[worst]["input_ids"].shape[1]
-        report["length_sweep"] = {"lengths": len(sweep), "longest": sweep[-1]["input_ids"].shape[1],
+        length = sweep.lengths[worst]
+        report["length_sweep"] = {"lengths": len(sweep.lengths), "longest": max(sweep.lengths),
                                   "cosine_min": float(cos.min()), "worst_length": length}
         limit = tolerance.min_text_cosine if tolerance.min_text_cosine is not None else tolerance.min_cosine
         if task in ("feature-extraction", "sentence-embedding") and cos.min() < limit:
@@ -179,6 +242,7 @@ def usage_checks(
             failures.append(f"length sweep: cosine {cos.min():.6f} < {limit} at {length} tokens in a batch of one"
                             + (" while the lengths beside it pass (the runtime computes that shape wrongly)"
                                if isolated else ""))
+    report["check_s"] = timings
     return report, failures
 
 
@@ -193,14 +257,14 @@ def verify(path: str | Path, backends: list[str] | None = None, threads: int | N
     manifest = artifact.read_manifest(root)
     artifact.check_files(root, manifest)
     feeds, refs, texts, pairs = read_golden(root, manifest)
-    sweep_refs = read_sweep(root)
+    sweep = read_sweep(root, manifest)
     report: dict[str, Any] = {}
     failures: list[str] = []
     for i, name in enumerate(backends or list(manifest["backends"])):
         model = load(root, backend=name, threads=threads, recheck=False)  # the full checks below include load()'s
         if i == 0:
             failures += tokenizer_failures(model.tokenizer, texts, pairs, feeds)
-        report[name], failed = backend_checks(model.runner, manifest, feeds, refs, texts, sweep_refs)
+        report[name], failed = backend_checks(model.runner, manifest, feeds, refs, texts, sweep)
         report[name]["cpu_class"] = cpuclass.runtime_class(name)
         failures += failed
     if failures:

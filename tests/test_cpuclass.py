@@ -25,6 +25,8 @@ from bertship.runtimes.errors import FidelityError, UsageError
 
 from . import tiny
 
+pytestmark = pytest.mark.xdist_group("cpu-classes")  # its module fixtures are made on one xdist worker
+
 NOVNNI = "x86-novnni"
 X86 = cpuclass.flags_class().startswith("x86")
 HERE = cpuclass.runtime_class("onnxruntime")

@@ -18,6 +18,8 @@ from bertship.exporter import export, onnxio
 from bertship.runtimes import artifact, deploy, load, verify
 from bertship.runtimes.errors import ArtifactError
 
+pytestmark = pytest.mark.xdist_group("external-data")  # its module fixtures are made on one xdist worker
+
 TEXTS = ["Why?", "An index built in batches and queries embedded one at a time must agree.", "ok"]
 
 

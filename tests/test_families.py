@@ -127,3 +127,22 @@ def test_deploy_serves_the_family_inputs_unchanged(family, task_artifact, tmp_pa
         assert [i.name for i in parse(tmp_path / backend / "enc").input] == names
         tokenizer_outputs = [o.name for o in parse(tmp_path / backend / "enc_tokenizer").output]
         assert tokenizer_outputs == names
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_sweep_references_equal_one_pass_per_length(family, tiny_folder, monkeypatch):
+    """The length sweep's PyTorch references run in padded batches of near lengths: each length's vector must be the
+    one PyTorch gives that input alone (padding masked out of every real token), for every family's attention."""
+    from bertship.exporter import golden, load
+    from bertship.runtimes.verify import sweep_lengths
+
+    source = load.load_folder(tiny_folder(family, "token-classification"))
+    texts, pairs = golden.golden_texts(source)
+    feeds = golden.golden_feeds(source, texts, pairs)
+    lengths = sweep_lengths(source.max_length)
+    assert max(len(g) for g in golden.sweep_batches(lengths)) > 8  # batching really happens
+    batched = golden.sweep_references(source, feeds, lengths)
+    monkeypatch.setattr(golden, "SWEEP_BATCH_TOKENS", 1)  # every length in a pass of its own
+    assert all(len(g) == 1 for g in golden.sweep_batches(lengths))
+    alone = golden.sweep_references(source, feeds, lengths)
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5 * float(np.abs(alone).max()))

@@ -12,6 +12,8 @@ import pytest
 from bertship.cli import main
 from bertship.exporter import export, families, graph
 
+pytestmark = pytest.mark.xdist_group("plain-graphs")  # its module fixtures are made on one xdist worker
+
 
 @pytest.fixture(scope="module")
 def plain_graphs(tiny_folder, tmp_path_factory):

@@ -11,6 +11,8 @@ from bertship.runtimes.ray_data import Embed
 
 ray = pytest.importorskip("ray", reason="the Ray Data test needs pip install 'bertship[serve]'")
 
+pytestmark = pytest.mark.xdist_group("ray")  # its module fixtures are made on one xdist worker
+
 
 @pytest.fixture(scope="module")
 def local_ray():

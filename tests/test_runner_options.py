@@ -9,6 +9,8 @@ from bertship.runtimes import load
 from bertship.runtimes.errors import UsageError
 from bertship.runtimes.ort_runner import CPU_DISABLED_OPTIMIZERS, disabled_optimizers
 
+pytestmark = pytest.mark.xdist_group("int8-artifact")  # its module fixtures are made on one xdist worker
+
 
 def _optimized_ops(art, tmp_path, name, **options) -> set[str]:
     import onnx
@@ -133,6 +135,10 @@ def test_export_threads_limit_the_pytorch_reference_passes(tiny_folder, tmp_path
 
     monkeypatch.setattr(golden, "reference_outputs", spy)
     before = torch.get_num_threads()
-    export(tiny_folder("bert", "feature-extraction"), out=tmp_path / "a", backends="onnxruntime", threads=1,
-           log=lambda _: None)
-    assert seen == [1] and torch.get_num_threads() == before
+    torch.set_num_threads(2)  # not 1 already (as on an xdist worker), so the export's own setting is what is seen
+    try:
+        export(tiny_folder("bert", "feature-extraction"), out=tmp_path / "a", backends="onnxruntime", threads=1,
+               log=lambda _: None)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

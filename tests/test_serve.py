@@ -29,6 +29,8 @@ tritonclient = pytest.importorskip("tritonclient.grpc", reason="the serve tests 
 import tritonclient.http as http  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("triton")  # its module fixtures are made on one xdist worker
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -49,8 +51,13 @@ def _make_serve_env(request) -> None:
 def serve_env(request):
     """The serving environment; skipped only where nvidia-pytriton's server cannot run on this machine."""
     python = os.environ.get("BERTSHIP_SERVE_PYTHON") or str(ROOT / ".serve-env" / "bin" / "python")
-    if not Path(python).exists() and not os.environ.get("BERTSHIP_SERVE_PYTHON"):
-        _make_serve_env(request)
+    if not os.environ.get("BERTSHIP_SERVE_PYTHON"):
+        import fcntl
+
+        with open(ROOT / ".serve-env.lock", "w") as lock:  # one maker, also across xdist workers and runs
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not Path(python).exists():
+                _make_serve_env(request)
     if not Path(python).exists():
         pytest.fail(f"no serving environment at {python} — make it with: {serve.SERVE_ENV}")
     env = serve.probe(python)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from bertship.exporter import export, golden, package
 from bertship.runtimes import artifact, load, verify
 from bertship.runtimes.errors import FidelityError
 from bertship.runtimes.fidelity import Tolerance, cosines, text_vectors
-from bertship.runtimes.verify import arrangements, sweep_feeds, sweep_lengths, usage_checks
+from bertship.runtimes.verify import (SWEEP_BUDGET, Sweep, arrangements, legacy_sweep_lengths, read_sweep, sweep_cost,
+                                      sweep_feeds, sweep_lengths, usage_checks)
 from tests import tiny
 
 
@@ -107,27 +109,43 @@ class _Hashing:
         return {"sentence_embedding": vec}
 
 
-def test_length_sweep_covers_every_length_and_catches_one_wrong_shape():
-    assert sweep_lengths(40) == list(range(3, 41))
-    assert sweep_lengths(256)[:3] == [3, 4, 5] and 130 in sweep_lengths(256) and 131 not in sweep_lengths(256)
-    assert sweep_lengths(256)[-1] == 256 and 138 in sweep_lengths(256)
-    assert sweep_lengths(512)[-2:] == [506, 512]  # unchanged up to 512: artifacts made before keep their rows
-    long = sweep_lengths(8192)  # ModernBERT: every 8th to 512, then doubling
-    assert 512 in long and 520 not in long and long[-4:] == [1024, 2048, 4096, 8192]
-    assert sweep_lengths(600)[-2:] == [512, 600]
+def test_sweep_lengths_keep_every_short_length_and_bound_the_rest_by_the_model_cost():
+    assert sweep_lengths(40) == list(range(3, 41))  # every length of a short model
+    minilm = sweep_lengths(256, hidden=384)
+    assert set(range(3, 65)) <= set(minilm) and {255, 256, 65, 127, 128, 129, 191, 192, 193} <= set(minilm)
+    for max_length, hidden in [(256, 384), (512, 768), (512, 1024), (8192, 768), (8192, 256)]:
+        lengths = sweep_lengths(max_length, hidden)
+        assert lengths == sorted(set(lengths)) and lengths[0] == 3 and lengths[-1] == max_length
+        assert set(range(3, 65)) <= set(lengths)
+        optional = [n for n in lengths if n > 64 and n != max_length]
+        assert sum(sweep_cost(n, hidden) for n in optional) <= SWEEP_BUDGET  # past the always-checked lengths
+    long = sweep_lengths(8192, 768)  # ModernBERT: the thresholds that fit, not thousands of lengths
+    assert {127, 128, 129, 511, 512, 1023, 1024} <= set(long) and len(long) < 120
+    assert len(sweep_lengths(512, 768)) < len(legacy_sweep_lengths(512))
+    # the budget is in the model's own units: a longer max length does not buy a longer sweep past the max itself
+    assert sum(sweep_cost(n, 768) for n in sweep_lengths(8192, 768)) < 2 * (
+        sum(sweep_cost(n, 768) for n in range(3, 65)) + sweep_cost(8192, 768) + SWEEP_BUDGET)
+    # artifacts made before: their golden.npz has no lengths, their rows follow the old rule
+    assert legacy_sweep_lengths(256)[:3] == [3, 4, 5] and 130 in legacy_sweep_lengths(256)
+    assert legacy_sweep_lengths(512)[-2:] == [506, 512] and legacy_sweep_lengths(8192)[-4:] == [1024, 2048, 4096, 8192]
+
+
+def test_length_sweep_runs_the_listed_lengths_and_catches_one_wrong_shape():
     ids = np.array([[101, 7, 8, 9, 102], [101, 11, 102, 0, 0]])
     feed = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64), "token_type_ids": np.zeros_like(ids)}
-    sweep = sweep_feeds([feed], 40)
-    assert [f["input_ids"].shape[1] for f in sweep] == list(range(3, 41))
+    lengths = [3, 4, 5, 17, 31, 32, 33, 40]
+    sweep = sweep_feeds([feed], lengths)
+    assert [f["input_ids"].shape[1] for f in sweep] == lengths
     assert all(f["input_ids"][0, 0] == 101 and f["input_ids"][0, -1] == 102 for f in sweep)
     manifest = {"task": {"name": "sentence-embedding"}, "tokenizer": {"pad_id": 0, "max_length": 40},
                 "signature": {"outputs": [{"name": "sentence_embedding", "axes": ["batch", "hidden"]}]}}
     good = _Hashing()
-    refs = np.stack([good.run(f)["sentence_embedding"][0] for f in sweep])
+    refs = Sweep(lengths, np.stack([good.run(f)["sentence_embedding"][0] for f in sweep]))
     tol = Tolerance(None, 0.99)
     gots = [good.run(feed)]
     report, failures = usage_checks(good, manifest, [feed], gots, gots, ["a b c", "x"], tol, refs)
-    assert failures == [] and report["length_sweep"]["lengths"] == 38
+    assert failures == [] and report["length_sweep"]["lengths"] == 8 and report["length_sweep"]["longest"] == 40
+    assert set(report["check_s"]) == {"alone", "other_batch_mates", "length_sweep"}
     bad = _Hashing(wrong_at=32)
     report, failures = usage_checks(bad, manifest, [feed], gots, gots, ["a b c", "x"], tol, refs)
     assert report["length_sweep"]["worst_length"] == 32
@@ -135,6 +153,33 @@ def test_length_sweep_covers_every_length_and_catches_one_wrong_shape():
     # wrong at every short length: damage, not one bad shape, and the message does not blame a shape
     _, failures = usage_checks(_Hashing(wrong_below=10), manifest, [feed], gots, gots, ["a b c", "x"], tol, refs)
     assert any("length sweep" in f for f in failures) and not any("beside it" in f for f in failures)
+    # a length the artifact does not list is not run: wrong at 36 goes unseen here, which is why the list is recorded
+    _, failures = usage_checks(_Hashing(wrong_at=36), manifest, [feed], gots, gots, ["a b c", "x"], tol, refs)
+    assert failures == []
+
+
+def test_the_artifact_records_its_sweep_and_verify_reads_old_ones(task_artifact, tmp_path):
+    import shutil
+
+    art = task_artifact("sentence-embedding")
+    manifest = artifact.read_manifest(art)
+    plan = manifest["golden"]["sweep"]
+    recorded = read_sweep(art)
+    assert recorded.lengths == plan["lengths"] == sweep_lengths(manifest["tokenizer"]["max_length"],
+                                                                plan["hidden_size"])
+    assert recorded.refs.shape[0] == len(recorded.lengths) == manifest["golden"]["sweep_lengths"]
+    for rep in manifest["fidelity"]["backends"].values():
+        assert set(rep["check_s"]) == {"golden_batches", "alone", "other_batch_mates", "length_sweep"}
+    # an artifact made before the lengths were listed: verify runs the old rule's lengths on its rows
+    old = tmp_path / "old"
+    shutil.copytree(art, old)
+    with np.load(old / artifact.GOLDEN) as data:
+        arrays = {k: data[k] for k in data.files if k != "sweep.lengths"}
+    np.savez_compressed(old / artifact.GOLDEN, **arrays)
+    manifest = json.loads((old / artifact.MANIFEST).read_text())
+    manifest = package.write_manifest(old, {k: v for k, v in manifest.items() if k != "files"})
+    assert read_sweep(old).lengths == legacy_sweep_lengths(manifest["tokenizer"]["max_length"])
+    assert verify(old)
 
 
 # --- the gate ---------------------------------------------------------------------------------------------------------
