@@ -14,9 +14,11 @@ quantization routes were measured, so trials only remove quantizers. The manifes
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -310,12 +312,18 @@ def search(
     if margin(full) < 0:
         ranking, rank = _ranking(objectives, full_texts)
         base = None
-        for name in table:
+        start, every = time.perf_counter(), max(1, len(table) // 6)
+        for done, name in enumerate(table, 1):
             if base is None:  # the all-quantized model under the (cheaper) ranking objectives
                 per_text = {}
                 base = rank(trial(ctx, [], per_text, ranking), per_text)
             per_text = {}
             record["sensitivity"][name] = rank(trial(ctx, table[name], per_text, ranking), per_text) - base
+            if done % every == 0 and done < len(table):
+                spent = time.perf_counter() - start
+                log(f"[bertship] fallback sensitivity: {done}/{len(table)} groups in {spent:.0f} s, about "
+                    f"{spent / done * (len(table) - done):.0f} s left, then about {math.ceil(math.log2(len(table))) + 1}"
+                    " builds to find how many stay float")
         ranked = sorted(table, key=lambda n: record["sensitivity"][n], reverse=True)
         log("[bertship] fallback most sensitive: " + ", ".join(f"{n} (+{record['sensitivity'][n]:.4f})"
                                                              for n in ranked[:4]))

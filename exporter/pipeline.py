@@ -129,18 +129,16 @@ def export(
         clock = time.perf_counter()
         source = _load(model, tokenizer, opts)
         qat_record = _check_qat(source, recipe)
-        texts, pairs = golden.golden_texts(source)
-        feeds = golden.golden_feeds(source, texts, pairs)
-        took, clock = time.perf_counter() - clock, time.perf_counter()
-        # references come from the model as given, so the gate also proves that compaction changed nothing
-        refs = golden.reference_outputs(source, feeds)
-        golden_s, clock = time.perf_counter() - clock, time.perf_counter()
-        lengths = sweep_lengths(source.max_length, hidden_size(source.model.config))
-        log(f"[bertship]          weights {took:.1f} s, PyTorch references for {len(texts)} golden texts "
-            f"{golden_s:.1f} s; now the length sweep ({len(lengths)} lengths, 3 to {source.max_length} tokens) …")
-        sweep = Sweep(lengths, golden.sweep_references(source, feeds, lengths))
-        log(f"[bertship]          length sweep: {len(lengths)} lengths ({sum(lengths)} tokens) in "
-            f"{time.perf_counter() - clock:.1f} s")
+        took = time.perf_counter() - clock
+        key = _references_key(source, qat_record is not None)
+        if _shared_references is not None and key in _shared_references:
+            texts, pairs, feeds, refs, sweep = _shared_references[key]
+            log(f"[bertship]          weights {took:.1f} s; the PyTorch references of an earlier candidate "
+                f"({len(texts)} golden texts, {len(sweep.lengths)} sweep lengths) are reused")
+        else:
+            texts, pairs, feeds, refs, sweep = _references(source, took, log)
+            if _shared_references is not None:
+                _shared_references[key] = (texts, pairs, feeds, refs, sweep)
     embedding = source.task.name in EMBEDDING_TASKS
     if min_cos is not None and not embedding:
         raise UsageError(_MIN_COSINE_TASK.format(task=source.task.name))
@@ -262,6 +260,34 @@ def export(
     return out
 
 
+# While `--recipe auto` or a profile builds its candidates (`_auto`), the load stage's PyTorch references (golden
+# texts and length sweep) of one model are computed once and shared: they depend on the model, task and max length,
+# not on the recipe. None outside `_auto`.
+_shared_references: dict[tuple, tuple] | None = None
+
+
+def _references_key(source: load_stage.Source, qat: bool) -> tuple:
+    return (source.info.get("path"), source.info.get("weights_sha256"), source.family.name, source.task.name,
+            source.max_length, source.pooling, source.normalize, qat)
+
+
+def _references(source: load_stage.Source, took: float, log: Callable[[str], None]):
+    """Golden texts, their batches, and PyTorch's outputs on them and on the length sweep, with progress lines.
+    References come from the model as given, so the gate also proves that compaction changed nothing."""
+    clock = time.perf_counter()
+    texts, pairs = golden.golden_texts(source)
+    feeds = golden.golden_feeds(source, texts, pairs)
+    refs = golden.reference_outputs(source, feeds)
+    golden_s, clock = time.perf_counter() - clock, time.perf_counter()
+    lengths = sweep_lengths(source.max_length, hidden_size(source.model.config))
+    log(f"[bertship]          weights {took:.1f} s, PyTorch references for {len(texts)} golden texts "
+        f"{golden_s:.1f} s; now the length sweep ({len(lengths)} lengths, 3 to {source.max_length} tokens) …")
+    sweep = Sweep(lengths, golden.sweep_references(source, feeds, lengths))
+    log(f"[bertship]          length sweep: {len(lengths)} lengths ({sum(lengths)} tokens) in "
+        f"{time.perf_counter() - clock:.1f} s")
+    return texts, pairs, feeds, refs, sweep
+
+
 def hidden_size(config: Any) -> int:
     """The width of the model's hidden states (the length sweep's cost model); 768 where the config names none."""
     for name in ("hidden_size", "dim", "d_model"):
@@ -308,9 +334,14 @@ def _auto(model: Any, tokenizer: Any, out: Path, opts: ExportOptions, log: Calla
     if not timed_here:
         log(f"[bertship] auto     this machine is not the target ({'; '.join(problems)}): candidates are not timed, "
             "the order decides")
-    return auto.run_auto(lambda **kw: export(model, tokenizer, **kw), out,
-                         replace(opts, profile=None, target_cpu=target), names,
-                         cpu_info()["flags"], log, profile, timed_here, target)
+    global _shared_references
+    _shared_references = {}
+    try:
+        return auto.run_auto(lambda **kw: export(model, tokenizer, **kw), out,
+                             replace(opts, profile=None, target_cpu=target), names,
+                             cpu_info()["flags"], log, profile, timed_here, target)
+    finally:
+        _shared_references = None
 
 
 def _targets(names: tuple[str, ...], target: str | None, recipe: str, log: Callable[[str], None]) -> dict[str, str]:

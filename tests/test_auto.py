@@ -9,13 +9,23 @@ from bertship.exporter import auto
 from bertship.runtimes import verify
 
 
-def test_auto_picks_the_fastest_candidate_within_the_limit(tiny_folder, tmp_path, capsys):
+def test_auto_picks_the_fastest_candidate_within_the_limit(tiny_folder, tmp_path, capsys, monkeypatch):
+    from bertship.exporter import golden, pipeline
+
+    passes = []
+    original = golden.sweep_references
+    monkeypatch.setattr(golden, "sweep_references", lambda *a: passes.append(1) or original(*a))
     out = tmp_path / "best"
     code = main(["export", str(tiny_folder("bert", "sequence-classification")), "--recipe", "auto",
                  "--backends", "onnxruntime", "--max-accuracy-drop", "5%", "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     choice = manifest["auto"]
+    # the PyTorch references are computed for the first candidate built and reused by the others, then dropped
+    built = [c for c in choice["candidates"] if c["status"] != "skipped"]
+    assert len(built) >= 2 and passes == [1] and err.count("of an earlier candidate") == len(built) - 1
+    assert pipeline._shared_references is None
     assert [(c["recipe"], c["backend"]) for c in choice["candidates"]] == auto.candidates(("onnxruntime",), [])
     ok = [c for c in choice["candidates"] if c.get("within_limit")]
     best = min(ok, key=lambda c: c["p50_ms"])

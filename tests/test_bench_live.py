@@ -235,6 +235,7 @@ def _live(tmp_path, rss: float = 4000.0, size: float = 400.0) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_a_real_slowdown_fails_check_against_the_baseline(minilm_artifact, tmp_path):
     """A baseline that says the same job ran twice as fast: the real run, timed now, is the 2x slowdown `check` must
     catch. (An earlier version made the slowdown by running the 2-thread baseline's job on 1 thread; on a CI runner
@@ -258,6 +259,7 @@ def test_a_real_slowdown_fails_check_against_the_baseline(minilm_artifact, tmp_p
     assert code == 7 or (code == 9 and all(v["status"] == "inconclusive" for v in slower))
 
 
+@pytest.mark.slow
 def test_memory_and_size_budgets_on_a_real_run(minilm_artifact, tmp_path):
     out = tmp_path / "ok.json"
     assert main(["check", str(minilm_artifact), "--profile", _live(tmp_path), "--json", str(out)]) == 0

@@ -110,6 +110,7 @@ def test_compacted_tiny_bert_exports_every_task(task, tmp_path):
     assert fused.missing == {} and fused.counts["Attention"] == 2  # layers with 1 and 3 heads both fused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["electra", "mpnet", "deberta-v2", "modernbert"])
 def test_compacted_newer_families_export_and_verify(family, tmp_path):
     """Sliced heads (DeBERTa's and ModernBERT's without prune_heads, a fused Wqkv), GLU pairs and replaced sublayers
@@ -171,6 +172,7 @@ def test_int8_recipes_on_a_compacted_model(recipe, tmp_path):
     assert min(o["cosine_min"] for o in report["outputs"]) > 0.99
 
 
+@pytest.mark.slow
 def test_export_compact_flag_end_to_end(tmp_path, capsys):
     """`bertship export --compact` on a zeroed checkpoint: smaller graph, gate against the uncompacted model, recorded."""
     import json

@@ -11,6 +11,8 @@ import pytest
 
 from bertship.runtimes import UsageError, load
 
+pytestmark = pytest.mark.slow
+
 THREADS = 8
 REQUESTS_PER_THREAD = 1000
 WORDS = "the quick brown fox jumps over lazy dog while farmer watches from porch river mill".split()

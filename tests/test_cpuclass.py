@@ -125,6 +125,7 @@ def _emulated_report(path: Path) -> dict | str:
     return last if last.startswith("FAILED") else json.loads(last)["onnxruntime"]
 
 
+@pytest.mark.slow
 def test_int8_static_built_for_no_vnni_holds_on_no_vnni_kernels(compacted):
     """7-bit weights (reduce_range) keep every u8 x s8 pair sum exact on AVX2 kernels: the artifact holds there as
     on VNNI, and the export checked it there itself (natively on an AVX2 CPU, under qemu on a VNNI one)."""
@@ -141,6 +142,7 @@ def test_int8_static_built_for_no_vnni_holds_on_no_vnni_kernels(compacted):
     assert min(o["cosine_min"] for o in native["outputs"]) > 0.99
 
 
+@pytest.mark.slow
 def test_int8_static_built_for_vnni_is_damaged_on_no_vnni_kernels(compacted):
     """The same model with 8-bit weights saturates on AVX2 kernels: refused there (by the gate of an AVX2 machine, or
     by verify on AVX2 kernels) or measurably worse (min cosine < 0.99 where the 7-bit build holds)."""
@@ -162,6 +164,7 @@ def test_int8_static_built_for_vnni_is_damaged_on_no_vnni_kernels(compacted):
         assert min(o["cosine_min"] for o in report["outputs"]) < 0.99
 
 
+@pytest.mark.slow
 def test_load_rechecks_an_int8_artifact_on_a_class_it_was_not_verified_on(compacted):
     """Loaded on ONNX Runtime's kernels of another class, load() runs the golden check first, for real, and agrees
     with verify there: a miss raises FidelityError naming `bertship verify` and the re-export; a pass is reported."""
@@ -246,6 +249,7 @@ def test_auto_for_no_vnni_skips_what_cannot_win_there_and_says_why(tiny_folder, 
     assert (record["timed_shape"] is None) is (HERE != NOVNNI)
 
 
+@pytest.mark.slow
 def test_openvino_int8_for_no_vnni_uses_overflow_fix_and_is_checked_on_avx2_kernels(tiny_folder, tmp_path):
     """NNCF's overflow_fix for every layer when built for x86 without VNNI; the export then runs the whole gate again
     on OpenVINO's AVX2 kernels (or natively on an AVX2 CPU) and records where it was checked."""
@@ -277,6 +281,7 @@ def test_an_emulation_that_does_not_take_writes_nothing(tiny_folder, tmp_path, m
     assert not [p for p in tmp_path.iterdir()]
 
 
+@pytest.mark.slow
 def test_a_miss_on_the_target_class_kernels_writes_nothing(compacted, tmp_path, monkeypatch):
     """Built for x86 without VNNI but (forced here) with 8-bit weights, the model that saturates there fails the
     export's own check on AVX2 kernels: exit 4's FidelityError names the class and the emulation, nothing written."""

@@ -79,11 +79,16 @@ def test_eval_labels_by_index(tiny_artifact, tmp_path):
 
 def test_fallback_search_keeps_groups_until_the_limit_holds(tiny_folder, labelled, tmp_path):
     # Random weights barely suffer from int8, so a near-zero allowed drop forces the full search.
+    lines = []
     out = export(tiny_folder("bert", "feature-extraction"), out=tmp_path / "a", recipe="int8-static",
-                 backends="onnxruntime", max_accuracy_drop="0.000001%", log=quiet)
+                 backends="onnxruntime", max_accuracy_drop="0.000001%", log=lines.append)
     manifest = json.loads((out / "manifest.json").read_text())
     record = manifest["fallback"]["onnxruntime"]
     assert record["metric"] == "cosine"
+    # the sensitivity pass says how far it is and about how long is left (4 groups: a line after each but the last)
+    eta = [line for line in lines if "fallback sensitivity:" in line]
+    assert [line.split(": ")[1].split(" groups")[0] for line in eta] == ["1/4", "2/4", "3/4"]
+    assert all(" s left, then about 3 builds" in line for line in eta)
     # hidden states only: the unused pooler is not in the graph
     assert set(record["sensitivity"]) == {"layer 0 linear", "layer 0 attention scores", "layer 1 linear",
                                           "layer 1 attention scores"}
@@ -101,6 +106,7 @@ def test_fallback_without_labels_on_a_classifier_uses_prediction_agreement(tiny_
     assert record["metric"] == "agreement" and record["fp32"] == 1.0 and record["final"] >= 0.99
 
 
+@pytest.mark.slow
 def test_fallback_on_labelled_data_with_openvino(tiny_folder, labelled, tmp_path):
     out = export(tiny_folder("bert", "sequence-classification"), out=tmp_path / "a", recipe="int8-static",
                  backends="openvino", max_accuracy_drop="5%", eval_data=labelled, log=quiet)

@@ -16,6 +16,7 @@ FAMILIES = ("bert", "distilbert", "roberta", "albert", "mobilebert", "electra", 
 NO_TYPES = ("distilbert", "roberta", "mpnet", "deberta-v2", "modernbert")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(TASKS))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_task_exports_and_verifies(family, task, tiny_folder, tmp_path):
@@ -35,6 +36,7 @@ def test_family_task_exports_and_verifies(family, task, tiny_folder, tmp_path):
             assert check["max_abs_diff"] < 1e-4, (backend, check)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_encode_matches_pytorch_on_unseen_text(family, tiny_folder, tmp_path):
     """Runtime text → output equals the PyTorch model on texts that were not in the golden set (dynamic shapes)."""
@@ -83,6 +85,7 @@ def test_bundled_tokenizer_gives_transformers_ids_on_unseen_texts_and_pairs(fami
     assert ("token_type_ids" in inputs) == (family not in NO_TYPES)
 
 
+@pytest.mark.slow
 def test_modernbert_is_exact_past_its_local_window(tiny_folder, tmp_path):
     """ModernBERT's local layers see a 16-token window here (max length 64): the golden set holds texts past it, and
     both runtimes match PyTorch on one padded batch mixing lengths below, at and past the window up to max length."""
@@ -110,6 +113,7 @@ def test_modernbert_is_exact_past_its_local_window(tiny_folder, tmp_path):
         np.testing.assert_allclose(got[mask], ref[mask], atol=1e-4, err_msg=backend)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["modernbert", "deberta-v2"])
 def test_deploy_serves_the_family_inputs_unchanged(family, task_artifact, tmp_path):
     """deploy works unchanged for families without token_type_ids: the Triton encoder takes exactly the artifact's

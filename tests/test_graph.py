@@ -30,6 +30,7 @@ def _ops(path) -> Counter:
     return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(families.FAMILIES))
 def test_fusions_reach_the_family_counts_and_keep_outputs(family, plain_graphs, tmp_path):
     import onnxruntime as ort

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from bertship.cli import main
 from bertship.runtimes import load, verify
+
+pytestmark = pytest.mark.slow
 
 UNSEEN = [
     "A completely new sentence that the golden set never contained.",

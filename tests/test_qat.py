@@ -31,6 +31,7 @@ def qat_model():
     return model.eval(), tok
 
 
+@pytest.mark.slow
 def test_qat_exports_with_learned_scales_and_runs_int8(tmp_path):
     import onnx
     from onnx import numpy_helper

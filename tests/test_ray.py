@@ -11,7 +11,7 @@ from bertship.runtimes.ray_data import Embed
 
 ray = pytest.importorskip("ray", reason="the Ray Data test needs pip install 'bertship[serve]'")
 
-pytestmark = pytest.mark.xdist_group("ray")  # its module fixtures are made on one xdist worker
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.slow]  # module fixtures on one xdist worker
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ def test_every_recipe_backend_has_a_handler_and_nothing_else():
         assert set(r.how) | set(r.refused) == {"onnxruntime", "openvino"}, r.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,recipe", sorted(k for k in HANDLERS if k[1] != "int8-qat"))  # QAT: test_qat.py
 def test_recipe_builds_verifies_and_is_recorded(backend, recipe, tiny_folder, tmp_path):
     if recipe == "bf16" and not HAS_BF16:
@@ -157,6 +158,7 @@ def test_quantized_recipes_change_the_weights(tiny_folder, tmp_path):
     assert [i.type.tensor_type.elem_type for i in g16.output] == [onnx.TensorProto.FLOAT]  # fp32 I/O kept
 
 
+@pytest.mark.slow
 def test_int8_dynamic_records_the_target_class(tiny_folder, tmp_path):
     """--target-cpu x86-novnni gives 7-bit weights (reduce_range); the default follows this machine's measured class."""
     from bertship.runtimes.cpuclass import runtime_class
@@ -277,6 +279,7 @@ def test_histogram_calibration_is_fed_in_length_sorted_chunks():
     ("modernbert", "int8-static", ("onnxruntime", "openvino")), ("mpnet", "int8-dynamic", ("onnxruntime",)),
     ("electra", "int8-dynamic", ("onnxruntime",)),
 ])
+@pytest.mark.slow
 def test_int8_recipes_on_the_newer_families(family, recipe, backends, tiny_folder, tmp_path):
     """int8 quantizes the newer families' graphs (DeBERTa's disentangled attention, ModernBERT's GLU and RoPE, MPNet's
     relative bias, ELECTRA's factorized embedding), passes the gate, and the graphs hold what the recipe claims.

@@ -29,7 +29,7 @@ tritonclient = pytest.importorskip("tritonclient.grpc", reason="the serve tests 
 import tritonclient.http as http  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("triton")  # its module fixtures are made on one xdist worker
+pytestmark = [pytest.mark.xdist_group("triton"), pytest.mark.slow]  # module fixtures on one xdist worker
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -273,6 +273,7 @@ def test_planted_outlier_is_refused_by_int8_static_and_met_by_int8_mixed(outlier
         verify(mixed)
 
 
+@pytest.mark.slow
 def test_int8_mixed_on_openvino_keeps_what_bf16_breaks(outlier, tmp_path):
     out = export(outlier, out=tmp_path / "ov", task="sentence-embedding", recipe="int8-mixed", backends="openvino",
                  log=quiet)
@@ -311,6 +312,7 @@ def test_float_ops_pass_gives_back_the_float_model(outlier, tmp_path):
         quantize.build("onnxruntime", replace(ctx, exclude=("layer 9 nothing",)))
 
 
+@pytest.mark.slow
 def test_auto_with_min_cosine_tries_int8_mixed_and_skips_int8_dynamic(outlier, tmp_path, capsys):
     out = tmp_path / "auto"
     code = main(["export", str(outlier), "--task", "sentence-embedding", "--recipe", "auto", "--backends",
