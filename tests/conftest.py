@@ -63,13 +63,16 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory):
-    """Factory: tiny_folder(family, task) -> a saved tiny model folder, built once per session."""
+    """Factory: tiny_folder(family, task) -> a saved tiny model folder, built once per run for all workers (artifacts
+    that must share weights, such as a task's feature-extraction and sentence-embedding exports, come from one folder
+    even when two workers export them: two trainings of the same tiny tokenizer need not give the same vocabulary)."""
     cache: dict[tuple[str, str], Path] = {}
 
     def make(family: str, task: str = "feature-extraction") -> Path:
         key = (family, task)
         if key not in cache:
-            cache[key] = tiny.save(family, task, tmp_path_factory.mktemp(f"{family}-{task}"))
+            cache[key] = built_once(tmp_path_factory, f"tiny-{family}-{task}",
+                                    lambda root: tiny.save(family, task, root))
         return cache[key]
 
     return make
