@@ -274,6 +274,29 @@ def test_planted_outlier_is_refused_by_int8_static_and_met_by_int8_mixed(outlier
 
 
 @pytest.mark.slow
+def test_bisection_trials_that_cannot_meet_the_target_stop_early_with_the_same_outcome(outlier, tmp_path, monkeypatch):
+    """int8-mixed's bisection scores a trial's worst texts so far first and stops when they already miss the target:
+    the search must keep exactly the groups, and reach exactly the score, it keeps and reaches without stopping."""
+    from bertship.exporter import fallback
+
+    def search(early: bool):
+        monkeypatch.setattr(fallback, "EARLY_STOP", early)
+        out = export(outlier, out=tmp_path / f"mixed-{early}", task="sentence-embedding", recipe="int8-mixed",
+                     backends="onnxruntime", min_cosine=0.995, calibration_method="minmax", log=quiet)
+        return artifact.read_manifest(out)["fallback"]["onnxruntime"]
+
+    fast, full = search(True), search(False)
+    assert [k["group"] for k in fast["kept_float"]] == [k["group"] for k in full["kept_float"]]
+    assert fast["final"] == full["final"] and fast["final_scores"] == full["final_scores"]
+    assert not any(b["stopped_early"] for b in full["bisection"])
+    # here (x86-vnni) 1 of 5 trials fails (one group in float) and stops early; where one group suffices none fails
+    failed = {b["float_groups"] for b in full["bisection"] if b["scores"]["min_cosine"] < 0.995}
+    stopped = [b for b in fast["bisection"] if b["stopped_early"]]
+    assert {b["float_groups"] for b in stopped} <= failed and bool(stopped) == bool(failed)
+    assert all(b["scores"]["min_cosine"] < 0.995 for b in stopped)
+
+
+@pytest.mark.slow
 def test_int8_mixed_on_openvino_keeps_what_bf16_breaks(outlier, tmp_path):
     out = export(outlier, out=tmp_path / "ov", task="sentence-embedding", recipe="int8-mixed", backends="openvino",
                  log=quiet)
