@@ -71,22 +71,10 @@ def make_source(name: str, folder: Path) -> None:
     """Save a random-weight model of that shape with a tokenizer of its kind whose max length is the model's."""
     if name == "bert-base":
         make_model("bert-base", folder)
-        return
-    import torch
-    from transformers import AutoModelForSequenceClassification
+    else:
+        from .families import build_source
 
-    from .families import _config, _tokenizer
-
-    tok = _tokenizer(name)
-    config = _config(name, tok.pad_token_id)
-    tok.model_max_length = config.max_position_embeddings  # the full max length (ModernBERT: 8192)
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(config).eval()
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(folder)
+        build_source(name, fresh=True, folder=folder, full_length=True)
 
 
 def command(variant: str, folder: Path, task: str, out: Path) -> list[str]:

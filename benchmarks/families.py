@@ -97,9 +97,11 @@ def _config(family: str, pad_id: int):
     raise ValueError(family)
 
 
-def build_source(family: str, fresh: bool) -> Path:
-    """benchmarks/.cache/families/<family>/model: config, random weights (seed 0) and tokenizer; kept unless fresh."""
-    folder = CACHE / family / "model"
+def build_source(family: str, fresh: bool, folder: Path | None = None, full_length: bool = False) -> Path:
+    """`folder` (default benchmarks/.cache/families/<family>/model): config, random weights (seed 0) and tokenizer;
+    kept unless fresh. The tokenizer's max length is 512, or with `full_length` the model's positions (ModernBERT:
+    8192)."""
+    folder = folder or CACHE / family / "model"
     if (folder / "config.json").exists() and not fresh:
         return folder
     import torch
@@ -108,9 +110,11 @@ def build_source(family: str, fresh: bool) -> Path:
     _log(f"build {family}: random weights from the config")
     tok = _tokenizer(family)
     config = _config(family, tok.pad_token_id)
+    if full_length:
+        tok.model_max_length = config.max_position_embeddings
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config).eval()
-    tmp = folder.with_name("model.partial")
+    tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

@@ -17,7 +17,7 @@ from bertship.profiles import cpu_info
 from bertship.profiles.machine import available_memory_mb, peak_rss_mb, reset_peak_rss, rss_mb
 from bertship.runtimes import artifact, backends as backend_table, cpuclass
 from bertship.runtimes.errors import UsageError
-from bertship.runtimes.verify import SWEEP_BUDGET, Sweep, sweep_cost, sweep_lengths
+from bertship.runtimes.verify import SWEEP_BUDGET, Sweep, sweep_lengths
 
 from . import auto, calibration, fallback, golden, graph, load as load_stage, memory, package, qat, quantize
 from .gate import cross_class_checks, run_gate
@@ -238,14 +238,10 @@ def export(
                 f"{swept['cosine_min']:.5f} (at {swept['worst_length']})")
         with stages.stage("package", "golden outputs, manifest, report"):
             manifest["golden"] = package.write_golden(staging, texts, pairs, feeds, refs, sweep)
-            hidden = hidden_size(source.model.config)
-            manifest["golden"]["sweep"] = {
-                "lengths": sweep.lengths, "tokens": sum(sweep.lengths), "hidden_size": hidden,
-                "cost_token_equivalents": round(sum(sweep_cost(n, hidden) for n in sweep.lengths)),
-                "optional_budget_token_equivalents": SWEEP_BUDGET,
-                "rule": "every length to 64 and the max length; then powers of two with neighbours, 8-row tile edges "
-                        "to 128, multiples of 64 with neighbours, the rest to 128, every 8th to 512, within the "
-                        "budget (runtimes/verify.py, docs/recipes.md)"}
+            # what verify re-runs is golden.npz's sweep.lengths; this says how they were chosen (cost: sweep_cost)
+            manifest["golden"]["sweep"] = {"lengths": sweep.lengths, "hidden_size": hidden_size(source.model.config),
+                                           "budget_token_equivalents": SWEEP_BUDGET,
+                                           "rule": "runtimes.verify.sweep_lengths (docs/recipes.md)"}
             manifest["timings_s"] = stages.timings
             manifest["peak_rss_mb"] = stages.peak_rss_mb
             package.write_report(staging, dict(manifest, files=artifact.file_entries(staging)))
