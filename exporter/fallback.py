@@ -45,14 +45,14 @@ def parse_drop(text: str | float) -> float:
     return value
 
 
-def parse_min_cosine(text: str | float) -> float:
-    """'0.99' -> 0.99; anything outside (0, 1] is a UsageError."""
+def parse_min_cosine(text: str | float, flag: str = "--min-cosine") -> float:
+    """'0.99' -> 0.99; anything outside (0, 1] is a UsageError naming `flag`."""
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise UsageError(f"--min-cosine {text!r} is not a number — write e.g. 0.99") from None
+        raise UsageError(f"{flag} {text!r} is not a number — write e.g. 0.99") from None
     if not 0 < value <= 1:
-        raise UsageError(f"--min-cosine {text!r} must be in (0, 1] — e.g. 0.99 for every text's cosine vs fp32")
+        raise UsageError(f"{flag} {text!r} must be in (0, 1] — e.g. 0.99")
     return value
 
 
@@ -177,8 +177,33 @@ class Objective:
         return cls(scorer, (1 - max_drop) * scorer.fp32, max_drop)
 
     def describe(self) -> str:
-        limit = f"{self.max_drop:.2%} drop" if self.max_drop is not None else "--min-cosine"
+        limit = f"{self.max_drop:.2%} drop" if self.max_drop is not None else \
+            "--min-rank-agreement" if self.scorer.metric == "rank_agreement" else "--min-cosine"
         return f"{self.scorer.metric} ≥ {self.target:.4f} ({limit})"
+
+
+@dataclass(frozen=True)
+class RankScorer:
+    """A reranker's top-1 agreement with the fp32 graph over query groups (runtimes.retrieval.ranking): each feed is
+    one query with its candidate documents. What --min-rank-agreement is judged on, and int8-mixed's target for it."""
+
+    feeds: list[dict[str, np.ndarray]]
+    reference: list[np.ndarray]
+    metric: str = "rank_agreement"
+    fp32: float = 1.0
+
+    def __call__(self, runner) -> float:
+        from bertship.runtimes.retrieval import ranking
+
+        got = [_first(runner.run(f))[:, 0] for f in self.feeds]
+        agreement = ranking(list(zip(self.reference, got)))["top1_agreement"]
+        return 1.0 if agreement is None else agreement
+
+
+def make_rank_scorer(plain_onnx: Path, feeds: list[dict[str, np.ndarray]]) -> RankScorer:
+    """RankScorer on these query groups, the reference from the fp32 graph on ONNX Runtime."""
+    ref_runner = backends.runner_class("onnxruntime")(plain_onnx, None, None)
+    return RankScorer(feeds, [_first(ref_runner.run(f))[:, 0] for f in feeds])
 
 
 def _first(outs: dict[str, np.ndarray]) -> np.ndarray:

@@ -29,9 +29,27 @@ def short_texts() -> list[str]:
     return _lines("short.txt")
 
 
+RANK_DOCS = 8  # a reranker's golden batches: one query each, with this many candidate documents
+
+
+def ranking_pairs() -> tuple[list[str], list[str]]:
+    """(queries, documents) for a reranker: the shipped questions and some short texts as queries, each beside
+    RANK_DOCS of the sentences (a different run of them per query), so the gate can check each query's order."""
+    long, short = sentences(), short_texts()
+    queries = [s for s in long if s.endswith("?")][:4] + short[:4]
+    texts, pairs = [], []
+    for q, query in enumerate(queries):
+        for d in range(RANK_DOCS):
+            texts.append(query)
+            pairs.append(long[(q * 5 + d) % len(long)])
+    return texts, pairs
+
+
 def golden_texts(source: Source) -> tuple[list[str], list[str] | None]:
     """The sentences with a short text after every second one (so every golden batch mixes lengths), and second texts
-    for pair tasks (each text paired with the next one)."""
+    for pair tasks (each text paired with the next one); for a reranker, queries with candidate documents."""
+    if source.task.name == "rerank":
+        return ranking_pairs()
     long, short = sentences(), short_texts()
     texts = []
     for i, sentence in enumerate(long):

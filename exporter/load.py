@@ -13,9 +13,11 @@ from typing import Any
 
 from bertship.runtimes.errors import SourceError, UsageError
 
+from . import st_folder
 from .families import Family, family_of
 from .layout import check_pruned_heads, weights_mismatch
-from .tasks import POOLING_MODES, Task, get_task, task_from_architectures
+from .st_folder import POOLING_MODES, STFolder
+from .tasks import Task, get_task, task_from_architectures
 
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -31,8 +33,10 @@ class Source:
     task: Task
     max_length: int
     pooling: str | None = None  # sentence-embedding only
-    normalize: bool = False  # sentence-embedding only
+    normalize: bool = False  # sentence-embedding and multi-vector
     info: dict[str, Any] = field(default_factory=dict)  # path, weights file(s) and sha256, for the manifest
+    dense: list[Any] = field(default_factory=list)  # sentence-transformers Dense modules after pooling (or per token)
+    settings: dict[str, Any] = field(default_factory=dict)  # the task's own settings, recorded in the manifest's task
 
     def release_weights(self) -> None:
         """Free the PyTorch weights once the graph and the references exist: later stages read only the config, and a
@@ -97,9 +101,9 @@ def load_folder(
     family = family_of(raw.get("model_type"))
     weights = _check_weights(root, allow_pickle)
     check_pruned_heads(raw)
-    st = _sentence_transformers_config(root)
+    st = st_folder.read(root)
     chosen = _choose_task(task, raw, st)
-    pooling, normalize = _embedding_options(chosen, pooling, normalize, st)
+    pooling, normalize, settings = _task_settings(chosen, pooling, normalize, st, _num_labels(raw))
 
     from transformers import AutoConfig, AutoTokenizer
     import transformers
@@ -123,8 +127,12 @@ def load_folder(
     except Exception as exc:
         raise weights_mismatch(root, exc) from None
     _check_head(chosen, info.get("missing_keys", []), root)
+    # a Dense on the pooled vector belongs to sentence-embedding, one per token to multi-vector; --task may choose
+    # another task, which then uses the transformer alone
+    per_token = {"sentence-embedding": False, "multi-vector": True}.get(chosen.name)
+    dense = [st_folder.load_dense(root, d, allow_pickle) for d in (st.dense if st else ()) if d.per_token is per_token]
     source = Source(model.eval(), tokenizer, family, chosen, 0, pooling, normalize,
-                    {"path": str(root.resolve()), "model_type": raw.get("model_type"), **weights})
+                    {"path": str(root.resolve()), "model_type": raw.get("model_type"), **weights}, dense, settings)
     source.max_length = _max_length(source, max_length, st)
     _check_tokenizer(source)
     return source
@@ -148,14 +156,15 @@ def from_model(
         )
     family = family_of(getattr(model.config, "model_type", None)).for_config(model.config)
     chosen = get_task(task)
-    pooling, normalize = _embedding_options(chosen, pooling, normalize, None)
+    pooling, normalize, settings = _task_settings(chosen, pooling, normalize, None,
+                                             int(getattr(model.config, "num_labels", 0) or 0))
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     info = {"path": "<in-memory>", "model_type": model.config.model_type, "format": "in-memory",
             "weights": [], "weights_sha256": digest.hexdigest()}
-    source = Source(model.eval(), tokenizer, family, chosen, 0, pooling, normalize, info)
+    source = Source(model.eval(), tokenizer, family, chosen, 0, pooling, normalize, info, [], settings)
     source.max_length = _max_length(source, max_length, None)
     _check_tokenizer(source)
     return source
@@ -204,37 +213,16 @@ def _sha256_files(root: Path, files: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _sentence_transformers_config(root: Path) -> dict[str, Any] | None:
-    """Pooling, normalization and max length of a sentence-transformers folder (modules.json), else None."""
-    modules_path = root / "modules.json"
-    if not modules_path.is_file():
-        return None
-    modules = json.loads(modules_path.read_text(encoding="utf-8"))
-    found: dict[str, Any] = {"pooling": "mean", "normalize": False, "max_length": None}
-    for module in modules:
-        kind = module.get("type", "")
-        if kind.endswith("Pooling"):
-            cfg_path = root / module.get("path", "") / "config.json"
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
-            modes = [m for m in POOLING_MODES if cfg.get(f"pooling_mode_{m}_tokens" if m != "cls" else "pooling_mode_cls_token")]
-            if len(modes) != 1 or any(cfg.get(k) for k in ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")):
-                raise SourceError(f"{cfg_path}: only one of mean, cls or max pooling is supported — pass --task feature-extraction and pool in your app")
-            found["pooling"] = modes[0]
-        elif kind.endswith("Normalize"):
-            found["normalize"] = True
-        elif not kind.endswith("Transformer"):
-            raise SourceError(f"{modules_path}: module {kind!r} is not supported — export with --task feature-extraction")
-    sbert = root / "sentence_bert_config.json"
-    if sbert.is_file():
-        found["max_length"] = json.loads(sbert.read_text(encoding="utf-8")).get("max_seq_length")
-    return found
+def _num_labels(raw: dict[str, Any]) -> int:
+    return int(raw.get("num_labels") or len(raw.get("id2label") or {}) or 2)
 
 
-def _choose_task(task: str | None, raw: dict[str, Any], st: dict[str, Any] | None) -> Task:
+def _choose_task(task: str | None, raw: dict[str, Any], st: STFolder | None) -> Task:
+    """--task, else what a sentence-transformers folder is (its model type and modules), else config.architectures."""
     if task is not None:
         return get_task(task)
     if st is not None:
-        return get_task("sentence-embedding")
+        return get_task(st.implied_task(_num_labels(raw)))
     implied = task_from_architectures(raw.get("architectures"))
     if implied is None:
         raise UsageError(
@@ -243,15 +231,40 @@ def _choose_task(task: str | None, raw: dict[str, Any], st: dict[str, Any] | Non
     return implied
 
 
-def _embedding_options(task: Task, pooling: str | None, normalize: bool | None, st: dict | None) -> tuple[str | None, bool]:
+def _task_settings(task: Task, pooling: str | None, normalize: bool | None, st: STFolder | None,
+                  num_labels: int) -> tuple[str | None, bool, dict[str, Any]]:
+    """(pooling, normalize, the task's head settings for the manifest): from the flags, else from the folder."""
+    if (pooling is not None and task.name != "sentence-embedding") or \
+            (normalize and task.name not in ("sentence-embedding", "multi-vector")):
+        raise UsageError(f"--pooling applies to sentence-embedding and --normalize to sentence-embedding and "
+                         f"multi-vector, not {task.name} — drop them")
+    settings: dict[str, Any] = {}
+    if task.name in ("sentence-embedding", "sparse-embedding", "multi-vector") and st is not None:
+        prompts = {k: v for k, v in st.prompts.items() if v}
+        if prompts and not st.include_prompt:
+            raise SourceError("the folder's Pooling leaves the prompt tokens out (include_prompt: false), which "
+                              "bertship's graph cannot tell apart — export with --task feature-extraction and pool the "
+                              "tokens after the prompt in your app")
+        settings.update(prompts=prompts, default_prompt_name=st.default_prompt_name if st.default_prompt_name in prompts
+                    else None)
+    if task.name == "rerank":
+        if num_labels != 1:
+            raise UsageError(f"rerank needs a pair classifier with one logit (a relevance score); this one has "
+                             f"{num_labels} labels — use --task sequence-classification")
+        settings["activation"] = st.activation if st is not None and st.activation else "Sigmoid"
+    elif task.name == "sparse-embedding":
+        settings["splade"] = list(st.splade if st is not None and st.splade else ("max", "relu"))
+    if task.name == "multi-vector":
+        return None, bool(normalize if normalize is not None else (st.normalize if st else False)), settings
     if task.name != "sentence-embedding":
-        if pooling is not None or normalize:
-            raise UsageError(f"--pooling/--normalize apply to sentence-embedding, not {task.name} — drop them")
-        return None, False
-    pooling = pooling or (st["pooling"] if st else "mean")
-    if pooling not in POOLING_MODES:
-        raise UsageError(f"unknown pooling {pooling!r} — choose from: {', '.join(POOLING_MODES)}")
-    return pooling, bool(normalize if normalize is not None else (st["normalize"] if st else False))
+        return None, False, settings
+    pooling = pooling or (st.pooling if st and st.pooling else "mean")
+    if any(mode not in POOLING_MODES for mode in pooling.split("+")):
+        raise UsageError(f"unknown pooling {pooling!r} — choose from: {', '.join(POOLING_MODES)} (or several joined "
+                         "by +, concatenated)")
+    if st is not None and st.truncate_dim:
+        settings["dimensions"] = st.truncate_dim
+    return pooling, bool(normalize if normalize is not None else (st.normalize if st else False)), settings
 
 
 def _check_head(task: Task, missing: list[str], root: Path) -> None:
@@ -278,7 +291,7 @@ def _max_length(source: Source, requested: int | None, st: dict | None) -> int:
                 f"--max-length {requested} exceeds what the model's {positions} positions allow ({limit}) — use ≤ {limit}"
             )
         return requested
-    candidates = [limit, st.get("max_length") if st else None]
+    candidates = [limit, st.max_length if st else None]
     tok_max = getattr(source.tokenizer, "model_max_length", None)
     if isinstance(tok_max, int) and tok_max < 100_000:
         candidates.append(tok_max)

@@ -24,6 +24,7 @@ class ExportOptions:
     max_accuracy_drop: str | float | None = None  # e.g. "1%": keep sensitive layers in float until it holds
     eval_data: str | Path | None = None  # labelled data the limit is judged on (default: cosine on calibration text)
     min_cosine: str | float | None = None  # embeddings: lowest per-text cosine vs fp32, alone and batched, e.g. 0.99
+    min_rank_agreement: str | float | None = None  # rerank, sparse, multi-vector: top-1 agreement vs fp32, e.g. 0.95
     allow_batch_dependence: bool = False  # accept an embedding artifact whose outputs depend on batch-mates
     compact: bool = False  # remove dead heads and FFN neurons (structured zeros) before the graph is exported
     profile: str | Path | None = None  # a device profile: its candidate recipes, backends and model format decide

@@ -56,6 +56,9 @@ def base_manifest(source, backends: dict[str, Any], tokenizer: dict[str, Any], t
     task: dict[str, Any] = {"name": source.task.name}
     if source.task.name == "sentence-embedding":
         task.update(pooling=source.pooling, normalize=source.normalize)
+    elif source.task.name == "multi-vector":
+        task.update(normalize=source.normalize)
+    task.update(source.settings)
     if source.task.outputs[0].argmax == "labels":
         task["id2label"] = {str(k): v for k, v in (config.get("id2label") or {}).items()}
     return {

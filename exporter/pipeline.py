@@ -17,12 +17,14 @@ from bertship.profiles import cpu_info
 from bertship.profiles.machine import available_memory_mb, peak_rss_mb, reset_peak_rss, rss_mb
 from bertship.runtimes import artifact, backends as backend_table, cpuclass
 from bertship.runtimes.errors import UsageError
+from bertship.runtimes.retrieval import RETRIEVAL_TASKS
 from bertship.runtimes.verify import SWEEP_BUDGET, Sweep, sweep_lengths
 
 from . import auto, calibration, fallback, golden, graph, load as load_stage, memory, package, qat, quantize
 from .gate import cross_class_checks, run_gate
 from .options import ExportOptions
-from .recipes import EMBEDDING_TASKS, MIN_BATCH_COSINE, MIXED_MIN_COSINE, check_recipe, get_recipe, with_params
+from .recipes import (EMBEDDING_TASKS, MIN_BATCH_COSINE, MIXED_MIN_COSINE, RANK_AGREEMENT, RANK_AGREEMENT_FP32,
+                      check_recipe, get_recipe, with_params)
 from .to_onnx import OPSET, to_onnx
 
 
@@ -142,11 +144,13 @@ def export(
     embedding = source.task.name in EMBEDDING_TASKS
     if min_cos is not None and not embedding:
         raise UsageError(_MIN_COSINE_TASK.format(task=source.task.name))
+    rank_target = _rank_agreement(opts, source.task.name, recipe.name)
     if recipe.name == "int8-mixed" and max_drop is None and min_cos is None:
-        # the mixed recipe always searches: on the tail for embeddings, on predictions for the other tasks
+        # the mixed recipe always searches: on the tail for embeddings, on each query's order for a reranker, on
+        # predictions for the other tasks
         if embedding:
             min_cos = MIXED_MIN_COSINE
-        else:
+        elif source.task.name != "rerank":
             max_drop = fallback.parse_drop(auto.DEFAULT_DROP)
     compaction = None
     if opts.compact:
@@ -195,6 +199,8 @@ def export(
         if min_cos is not None:
             tail_scorer = _tail_scorer(source, plain, opts, calib_texts, texts, feeds, sweep.lengths)
             objectives.append(fallback.Objective(tail_scorer, min_cos))
+        if recipe.name == "int8-mixed" and source.task.name == "rerank":
+            objectives.append(fallback.Objective(fallback.make_rank_scorer(plain, feeds), rank_target))
         searching = recipe.name == "int8-mixed" or (max_drop is not None and recipe.name in fallback.SEARCHING)
         for name in names:
             with stages.stage("build", f"{name}: {recipe.how[name]}"):
@@ -211,7 +217,8 @@ def export(
                 "pad_token": source.tokenizer.pad_token, "input_names": list(source.family.inputs),
                 "text_pairs": source.task.text_pairs}
         tolerance = replace(recipe.tolerance or source.family.tolerance, min_text_cosine=min_cos,
-                            min_batch_cosine=MIN_BATCH_COSINE if embedding and not opts.allow_batch_dependence else None)
+                            min_batch_cosine=MIN_BATCH_COSINE if embedding and not opts.allow_batch_dependence else None,
+                            min_rank_agreement=rank_target)
         manifest = package.base_manifest(source, built, spec, asdict(tolerance))
         manifest["fidelity"]["allow_batch_dependence"] = opts.allow_batch_dependence
         if target is not None:
@@ -264,7 +271,7 @@ _shared_references: dict[tuple, tuple] | None = None
 
 def _references_key(source: load_stage.Source, qat: bool) -> tuple:
     return (source.info.get("path"), source.info.get("weights_sha256"), source.family.name, source.task.name,
-            source.max_length, source.pooling, source.normalize, qat)
+            source.max_length, source.pooling, source.normalize, repr(source.settings), qat)
 
 
 def _references(source: load_stage.Source, took: float, log: Callable[[str], None]):
@@ -379,6 +386,15 @@ def _scorer(source, plain: Path, opts: ExportOptions, calib_texts) -> fallback.S
     id2label = {str(k): v for k, v in (getattr(source.model.config, "id2label", None) or {}).items()}
     data = read_eval_data(opts.eval_data, source.task.name, id2label)
     return fallback.make_scorer(plain, source, data.texts, data.pairs, data.labels)
+
+
+def _rank_agreement(opts: ExportOptions, task: str, recipe: str) -> float | None:
+    """The gate's --min-rank-agreement for a retrieval task (None for the others)."""
+    if task not in RETRIEVAL_TASKS:
+        return None
+    if opts.min_rank_agreement is not None:
+        return fallback.parse_min_cosine(opts.min_rank_agreement, "--min-rank-agreement")
+    return RANK_AGREEMENT_FP32 if recipe == "fp32" else RANK_AGREEMENT
 
 
 _MIN_COSINE_TASK = ("--min-cosine judges embedding vectors (feature-extraction, sentence-embedding), not {task} — use "

@@ -15,13 +15,20 @@ from bertship.runtimes.errors import MachineError, UsageError
 from bertship.runtimes.fidelity import Tolerance
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-EMBEDDING_TASKS = ("feature-extraction", "sentence-embedding")
+# Tasks whose outputs are vectors judged per text by cosine (--min-cosine, batch invariance); a sparse SPLADE vector
+# and a text's per-token vectors included
+EMBEDDING_TASKS = ("feature-extraction", "sentence-embedding", "sparse-embedding", "multi-vector")
 # Batch invariance asked of every embedding artifact: a text embedded alone and the same text embedded among other
 # texts (other lengths, padding) must agree to this cosine, or an index built in batches disagrees with queries
 # embedded one at a time. Float and static int8 recipes measure >= 0.9995 on MiniLM; ORT dynamic int8 0.95-0.97.
 MIN_BATCH_COSINE = 0.999
 # int8-mixed's default target on embedding tasks: the lowest per-text cosine against fp32, alone and batched.
 MIXED_MIN_COSINE = 0.99
+# Retrieval tasks (runtimes.retrieval): the share of golden queries whose best document (reranker; MaxSim or sparse dot
+# product over the golden texts) stays first, and the sparse top-10 terms kept. fp32 must keep every one; a quantized
+# recipe may lose one decisive query in ten (--min-rank-agreement sets it).
+RANK_AGREEMENT_FP32 = 1.0
+RANK_AGREEMENT = 0.9
 # What `--recipe auto` does, for `bertship recipes` (auto is not a recipe of its own: it chooses one).
 AUTO_SUMMARY = ("build every recipe suited to the backends and this CPU, judge each against the target (--min-cosine "
                 "for embeddings, else --max-accuracy-drop, default 1%), time each in its own process and keep the "

@@ -46,10 +46,20 @@ TASKS: dict[str, Task] = {
              (Output("start_logits", ("batch", "sequence"), "sequence"),
               Output("end_logits", ("batch", "sequence"), "sequence")),
              "ForQuestionAnswering", False, True),
+        # Retrieval encoders, as sentence-transformers ships them (exporter.st_folder reads their folders):
+        # a CrossEncoder's one logit through its activation, a SparseEncoder's SPLADE vector over the vocabulary, and
+        # per-token vectors for late interaction (ColBERT), zero on padding.
+        Task("rerank", "AutoModelForSequenceClassification", (Output("scores", ("batch", "labels")),),
+             None, True, True),
+        Task("sparse-embedding", "AutoModelForMaskedLM", (Output("sparse_embedding", ("batch", "vocab")),),
+             None, False, False),
+        Task("multi-vector", "AutoModel", (Output("token_embeddings", ("batch", "sequence", "hidden")),),
+             None, False, False),
     )
 }
 
-POOLING_MODES = ("mean", "cls", "max")
+# Tasks whose graph runs a sentence-transformers module after the transformer (pooling, Dense, activation, SPLADE).
+ST_TASKS = ("sentence-embedding", "rerank", "sparse-embedding", "multi-vector")
 
 
 def get_task(name: str) -> Task:

@@ -16,36 +16,23 @@ OPSET = 17
 
 
 def graph_module(source: Source):
-    """The torch.nn.Module that is exported and that produces the reference outputs: model + task outputs."""
+    """The torch.nn.Module that is exported and that produces the reference outputs: model + task outputs
+    (heads.task_outputs: pooling, Dense, normalization, score activation, SPLADE pooling)."""
     import torch
+
+    from .heads import task_outputs
 
     class ExportGraph(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = source.model
+            self.dense = torch.nn.ModuleList(source.dense)
 
         def forward(self, *args):
             feeds = dict(zip(source.family.inputs, args))
-            out = self.model(**feeds, return_dict=True)
-            if source.task.name != "sentence-embedding":
-                return tuple(out[o.name] for o in source.task.outputs)
-            return pool(out[0], feeds["attention_mask"], source.pooling, source.normalize)
+            return task_outputs(source, self.dense, self.model(**feeds, return_dict=True), feeds)
 
     return ExportGraph().eval()
-
-
-def pool(hidden, mask, mode: str, normalize: bool):
-    """Sentence-transformers' pooling over real tokens, then optional L2 normalization, written in torch ops."""
-    import torch
-
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    if mode == "mean":
-        emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-    elif mode == "max":
-        emb = hidden.masked_fill(m == 0, -1e9).max(1).values
-    else:  # cls
-        emb = hidden[:, 0]
-    return torch.nn.functional.normalize(emb, p=2.0, dim=1) if normalize else emb
 
 
 @contextmanager

@@ -28,6 +28,7 @@ class Tolerance:
     argmax_margin: float = 1e-3
     min_text_cosine: float | None = None
     min_batch_cosine: float | None = None
+    min_rank_agreement: float | None = None  # retrieval tasks: runtimes.retrieval (--min-rank-agreement)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@
     model.classify(texts)           sequence-classification: [{label, score}] per text
     model.answer(question, context) question-answering: {answer, score, start, end} (char offsets in the context)
     model.tag(texts)                token-classification: per text, [{word, label, score, start, end}]
+    model.rerank(query, documents)  rerank (cross-encoders): [{index, score, document}], best first
+    model.embed_sparse(texts)       sparse-embedding (SPLADE): per text, SparseVector(indices, values)
+    model.embed_multi(texts)        multi-vector (ColBERT-style): per text, a [tokens, dim] matrix; tasks.maxsim scores
 
 A loaded model holds no per-call state, so one instance serves many threads.
 """
@@ -84,19 +87,25 @@ class Model:
         return len(truncated(self.tokenizer.tokenize(texts, pairs)))
 
     def embed(
-        self, texts: Sequence[str], normalize: bool | None = None, batch_size: int = 32, truncation: str | None = None
+        self, texts: Sequence[str], normalize: bool | None = None, batch_size: int = 32, truncation: str | None = None,
+        prompt_name: str | None = None, prompt: str | None = None, dimensions: int | None = None,
     ) -> np.ndarray:
-        """One float32 vector per text, [len(texts), hidden], in input order.
+        """One float32 vector per text, [len(texts), dim], in input order.
 
         feature-extraction artifacts are mean-pooled over each text's real tokens; sentence-embedding artifacts return
-        their graph's pooled output. normalize=True L2-normalizes; None keeps what the artifact does.
+        their graph's pooled output. normalize=True L2-normalizes; None keeps what the artifact does. prompt_name
+        prepends one of the model's prompts (sentence-transformers' config_sentence_transformers.json, e.g. "query"),
+        prompt a text of your own; without either, the model's default prompt (if any). dimensions keeps the first N
+        (Matryoshka; default: the folder's truncate_dim, else all), re-normalized when the vectors are unit length.
         """
         tasks.require_method(self.task, "embed")
         if normalize not in (None, True, False):
             raise UsageError(f"normalize must be True, False or None, got {normalize!r} — None keeps the artifact's")
-        if normalize is False and self.manifest["task"].get("normalize"):
+        settings = self.manifest["task"]
+        if normalize is False and settings.get("normalize"):
             raise UsageError("this artifact L2-normalizes inside its graph, so normalize=False cannot undo it — "
                              "re-export with --no-normalize, or pass normalize=None")
+        texts = tasks.with_prompt(settings, texts, prompt_name, prompt)
         encodings = self._tokenize(texts, None, truncation)
         vectors: np.ndarray | None = None
         for chunk, feeds, outs in self._batches(encodings, batch_size):
@@ -107,7 +116,72 @@ class Model:
             if vectors is None:
                 vectors = np.zeros((len(encodings), value.shape[-1]), dtype=np.float32)
             vectors[chunk] = value
-        return tasks.l2_normalize(vectors) if normalize else vectors
+        vectors = tasks.l2_normalize(vectors) if normalize else vectors
+        dims = dimensions if dimensions is not None else settings.get("dimensions")
+        return tasks.truncate_dims(vectors, dims, bool(normalize or settings.get("normalize")))
+
+    def rerank(
+        self, query: str, documents: Sequence[str], top_k: int | None = None, batch_size: int = 32,
+        truncation: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The documents scored against the query by the cross-encoder, best first: [{index, score, document}], index
+        being the document's position in `documents`; scores are the model's own (its activation applied, as
+        sentence-transformers' CrossEncoder.predict). top_k keeps the best k."""
+        tasks.require_method(self.task, "rerank")
+        if not isinstance(query, str):
+            raise UsageError(f"query must be a str, got {type(query).__name__} — rerank one query at a time")
+        if top_k is not None:
+            tasks.check_top_k(top_k)
+        if isinstance(documents, str):
+            raise UsageError("documents must be a list of str — wrap a single document in a list")
+        documents = list(documents)
+        scores = self.score([query] * len(documents), documents, batch_size, truncation)
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return [{"index": int(i), "score": float(scores[i]), "document": documents[i]} for i in order]
+
+    def score(self, queries: Sequence[str], documents: Sequence[str], batch_size: int = 32,
+              truncation: str | None = None) -> np.ndarray:
+        """The cross-encoder's score of each (query, document) pair, float32 [len(queries)], in input order."""
+        tasks.require_method(self.task, "rerank")
+        encodings = self._tokenize(queries, documents, truncation)
+        scores = np.zeros(len(encodings), dtype=np.float32)
+        for chunk, _, outs in self._batches(encodings, batch_size):
+            scores[chunk] = outs["scores"][:, 0]
+        return scores
+
+    def embed_sparse(
+        self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 32, truncation: str | None = None,
+        prompt_name: str | None = None, prompt: str | None = None,
+    ) -> list[tasks.SparseVector]:
+        """Per text, its SPLADE vector over the vocabulary as SparseVector(indices, values): the non-zero weights
+        (the top_k largest, when given), vocabulary ids ascending. The pooling runs inside the graph: one
+        vocabulary-sized row per text leaves the runtime, never one per token."""
+        tasks.require_method(self.task, "embed_sparse")
+        if top_k is not None:
+            tasks.check_top_k(top_k)
+        encodings = self._tokenize(tasks.with_prompt(self.manifest["task"], texts, prompt_name, prompt), None,
+                                   truncation)
+        results: list[Any] = [None] * len(encodings)
+        for chunk, _, outs in self._batches(encodings, batch_size):
+            for i, vec in zip(chunk, tasks.sparse_rows(outs["sparse_embedding"], top_k)):
+                results[i] = vec
+        return results
+
+    def embed_multi(
+        self, texts: Sequence[str], batch_size: int = 32, truncation: str | None = None,
+        prompt_name: str | None = None, prompt: str | None = None,
+    ) -> list[np.ndarray]:
+        """Per text, one float32 vector per token, [tokens, dim] (its real tokens, special tokens included, as
+        ColBERT-style models score them); score with tasks.maxsim / tasks.maxsim_scores."""
+        tasks.require_method(self.task, "embed_multi")
+        encodings = self._tokenize(tasks.with_prompt(self.manifest["task"], texts, prompt_name, prompt), None,
+                                   truncation)
+        results: list[Any] = [None] * len(encodings)
+        for chunk, feeds, outs in self._batches(encodings, batch_size):
+            lengths = feeds["attention_mask"].sum(1)
+            for row, i in enumerate(chunk):
+                results[i] = np.array(outs["token_embeddings"][row, : lengths[row]], dtype=np.float32)
+        return results
 
     def classify(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, top_k: int = 1, batch_size: int = 32,

@@ -6,7 +6,7 @@ Each function works on one batch's outputs (or one row of them) plus the `tokeni
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -19,6 +19,9 @@ METHODS: dict[str, str] = {
     "sequence-classification": "classify",
     "token-classification": "tag",
     "question-answering": "answer",
+    "rerank": "rerank",
+    "sparse-embedding": "embed_sparse",
+    "multi-vector": "embed_multi",
 }
 
 
@@ -124,3 +127,61 @@ def word_tags(logits: np.ndarray, encoding: Any, text: str, labels: Sequence[str
         k = int(best[row])
         tags.append({"word": text[s:e], "label": labels[k], "score": float(probs[row, k]), "start": s, "end": e})
     return tags
+
+
+def with_prompt(settings: dict[str, Any], texts: Sequence[str], prompt_name: str | None, prompt: str | None) -> list[str]:
+    """Texts with the prompt prepended, as sentence-transformers' encode does: `prompt` itself, else the artifact's
+    prompt called `prompt_name`, else its default prompt (if it names one)."""
+    prompts = settings.get("prompts") or {}
+    if prompt is not None and prompt_name is not None:
+        raise UsageError("pass prompt= or prompt_name=, not both")
+    if prompt is None:
+        name = prompt_name if prompt_name is not None else settings.get("default_prompt_name")
+        if name is not None and name not in prompts:
+            raise UsageError(f"this artifact has no prompt {name!r} — its prompts: {sorted(prompts) or 'none'}; or pass "
+                             "prompt='...' yourself")
+        prompt = prompts.get(name, "") if name is not None else ""
+    if not isinstance(prompt, str):
+        raise UsageError(f"prompt must be a str, got {type(prompt).__name__}")
+    return [prompt + t for t in texts] if prompt else list(texts)
+
+
+def truncate_dims(vectors: np.ndarray, dimensions: int | None, normalized: bool) -> np.ndarray:
+    """The first `dimensions` of each vector (Matryoshka), re-normalized when the artifact's vectors are unit length
+    (their cosines are sentence-transformers' truncate_dim cosines)."""
+    if dimensions is None:
+        return vectors
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= vectors.shape[-1]:
+        raise UsageError(f"dimensions must be an int from 1 to {vectors.shape[-1]}, got {dimensions!r}")
+    cut = np.ascontiguousarray(vectors[:, :dimensions])
+    return l2_normalize(cut) if normalized else cut
+
+
+class SparseVector(NamedTuple):
+    """One text's sparse embedding: vocabulary ids (ascending) and their weights."""
+
+    indices: np.ndarray  # int64
+    values: np.ndarray  # float32
+
+
+def sparse_rows(rows: np.ndarray, top_k: int | None) -> list[SparseVector]:
+    """Each row's non-zero entries (its top_k largest, when given), ids ascending."""
+    out = []
+    for row in rows:
+        idx = np.flatnonzero(row)
+        if top_k is not None and idx.size > top_k:
+            idx = np.sort(idx[np.argsort(-row[idx], kind="stable")[:top_k]])
+        out.append(SparseVector(idx.astype(np.int64), row[idx].astype(np.float32)))
+    return out
+
+
+def maxsim(query: np.ndarray, document: np.ndarray) -> float:
+    """ColBERT's late-interaction score: for each query token vector, its best dot product over the document's token
+    vectors, summed."""
+    return float((np.asarray(query, np.float32) @ np.asarray(document, np.float32).T).max(axis=1).sum())
+
+
+def maxsim_scores(queries: Sequence[np.ndarray], documents: Sequence[np.ndarray]) -> np.ndarray:
+    """[len(queries), len(documents)] MaxSim scores (see `maxsim`)."""
+    return np.array([[maxsim(q, d) for d in documents] for q in queries], dtype=np.float32).reshape(
+        len(queries), len(documents))

@@ -15,6 +15,7 @@ import numpy as np
 from . import artifact, cpuclass
 from .errors import FidelityError
 from .fidelity import Tolerance, compare, cosines, tail, text_vectors
+from .retrieval import RETRIEVAL_TASKS, retrieval_checks
 from .runner import Runner
 from .tokenizer import TextEncoder
 
@@ -71,6 +72,8 @@ def backend_checks(
     return report, [f"{runner.backend}: {msg}" for msg in failures]
 
 
+# tasks whose outputs are vectors compared by cosine at every sweep length (a classifier's logits are judged by argmax)
+VECTOR_TASKS = ("feature-extraction", "sentence-embedding", "sparse-embedding", "multi-vector")
 OTHER_BATCH = 5  # the golden batches hold 8: a second arrangement gives every text other batch-mates and padding
 
 
@@ -221,6 +224,12 @@ def usage_checks(
         i = int(per_text.argmin())
         failures.append(f"lowest per-text cosine {per_text[i]:.6f} < --min-cosine {tolerance.min_text_cosine} "
                         f"(text {texts[i]!r})")
+    if task in RETRIEVAL_TASKS:
+        width = int(gots[0][outputs[0]["name"]].shape[-1])
+        extra, failed = retrieval_checks(task, texts, ref, [batched, single, other], tolerance.min_rank_agreement,
+                                         width)
+        report.update(extra)
+        failures += failed
     if tolerance.min_batch_cosine is not None and invariance.min() < tolerance.min_batch_cosine:
         i = int(invariance.argmin())
         failures.append(f"a text alone vs in a batch: cosine {invariance[i]:.6f} < {tolerance.min_batch_cosine} "
@@ -236,7 +245,7 @@ def usage_checks(
         report["length_sweep"] = {"lengths": len(sweep.lengths), "longest": max(sweep.lengths),
                                   "cosine_min": float(cos.min()), "worst_length": length}
         limit = tolerance.min_text_cosine if tolerance.min_text_cosine is not None else tolerance.min_cosine
-        if task in ("feature-extraction", "sentence-embedding") and cos.min() < limit:
+        if task in VECTOR_TASKS and cos.min() < limit:
             near = [float(cos[j]) for j in (worst - 1, worst + 1) if 0 <= j < len(cos)]
             isolated = bool(near) and min(near) >= limit
             failures.append(f"length sweep: cosine {cos.min():.6f} < {limit} at {length} tokens in a batch of one"

@@ -39,6 +39,7 @@ def mild_outlier(tmp_path_factory):
 def test_golden_set_mixes_short_texts_into_every_batch():
     class Source:
         class task:
+            name = "sentence-embedding"
             text_pairs = False
 
     texts, _ = golden.golden_texts(Source)

@@ -33,12 +33,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="Hugging Face model folder (default: the bundled all-MiniLM-L6-v2)")
     ex.add_argument("--out", required=True, help="artifact directory to write (refused if it exists, unless --force)")
     ex.add_argument("--task", default=None,
-                    help="feature-extraction, sentence-embedding, sequence-classification, token-classification or "
-                         "question-answering (default: from the checkpoint)")
+                    help="feature-extraction, sentence-embedding, sequence-classification, token-classification, "
+                         "question-answering, rerank, sparse-embedding or multi-vector (default: from the folder: a "
+                         "sentence-transformers SentenceTransformer, CrossEncoder or SparseEncoder, else "
+                         "config.architectures)")
     ex.add_argument("--backends", default=None,
                     help="comma-separated onnxruntime,openvino (default: every backend the recipe supports)")
     ex.add_argument("--max-length", type=int, default=None, help="longest sequence accepted (default: the model's)")
-    ex.add_argument("--pooling", default=None, help="sentence-embedding pooling: mean, cls or max")
+    ex.add_argument("--pooling", default=None,
+                    help="sentence-embedding pooling: mean, cls, max, mean_sqrt_len_tokens, weightedmean or lasttoken "
+                         "(several joined by + are concatenated); default: the folder's Pooling module, else mean")
     ex.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                     help="L2-normalize sentence embeddings inside the graph")
     ex.add_argument("--recipe", default="fp32", help="fp32, bf16, fp16, int8-dynamic, int8-static, int8-mixed, "
@@ -55,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="embeddings: every text's vector must keep at least this cosine vs fp32, alone and batched, "
                          "on the calibration (or --eval-data) texts and the golden texts, e.g. 0.99; int8-mixed "
                          "searches for it (default 0.99), other recipes are refused when they miss it")
+    ex.add_argument("--min-rank-agreement", default=None,
+                    help="rerank, sparse-embedding, multi-vector: the share of golden queries whose best document "
+                         "must stay first vs fp32 (and, for sparse, of each text's top-10 terms kept); default 1.0 "
+                         "for fp32, 0.9 for the other recipes")
     ex.add_argument("--allow-batch-dependence", action="store_true",
                     help="accept an embedding artifact whose vectors change with batch-mates and padding (alone vs "
                          "batched cosine < 0.999, e.g. int8-dynamic); recorded in the manifest")
@@ -208,7 +216,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         task=args.task, backends=args.backends, recipe=args.recipe, calibration=args.calibration,
         calibration_method=args.calibration_method, ort_graph=args.ort_graph,
         max_accuracy_drop=args.max_accuracy_drop, eval_data=args.eval_data, profile=args.profile,
-        min_cosine=args.min_cosine, allow_batch_dependence=args.allow_batch_dependence,
+        min_cosine=args.min_cosine, min_rank_agreement=args.min_rank_agreement, allow_batch_dependence=args.allow_batch_dependence,
         compact=args.compact, external_data=args.external_data, no_memory_check=args.no_memory_check,
         allow_missing_fusions=args.allow_missing_fusions, force=args.force, allow_pickle=args.allow_pickle,
         max_length=args.max_length, pooling=args.pooling, normalize=args.normalize, threads=args.threads,

@@ -1,0 +1,251 @@
+"""Retrieval encoders as sentence-transformers saves them: SentenceTransformer folders in the 5.x and older layouts
+(Pooling modes, Dense, Normalize, prompts, truncate_dim), CrossEncoder (rerank), SparseEncoder (SPLADE) and a
+ColBERT-style model (per-token Dense). Every artifact is compared with sentence-transformers' own encode / predict /
+rank on the same folder, and with a reference MaxSim; and the gate's ranking checks are shown to catch a wrong order."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from bertship.exporter import export
+from bertship.exporter.st_folder import POOLING_MODES
+from bertship.runtimes import load, tasks
+from bertship.runtimes.errors import SourceError, UsageError
+from bertship.runtimes.retrieval import kendall_tau, ranking, retrieval_checks, top_terms_overlap
+
+pytestmark = pytest.mark.xdist_group("retrieval")
+
+# Held-out texts of every length, with padding in one batch (the methods batch them together).
+TEXTS = ["Where is the station?", "ok", "A cat sat on a warm mat near the open window of the kitchen.",
+         "Thanks!!!", "The committee postponed the vote until every member had read the full report twice.",
+         "Is it raining in Paris today?"]
+
+
+def _st():
+    import sentence_transformers
+
+    return sentence_transformers
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Tiny random models of each kind, built with the pinned sentence-transformers and saved by it."""
+    import torch
+    import transformers
+
+    from tests import tiny
+
+    st = _st()
+    from sentence_transformers.base.modules import Dense, Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+    root = tmp_path_factory.mktemp("st")
+    hf = tiny.save("bert", "feature-extraction", root / "hf")
+    out = {"hf": hf}
+    plain = st.SentenceTransformer(str(hf), device="cpu")
+    plain.save_pretrained(str(root / "plain"))
+    out["plain"] = root / "plain"
+    torch.manual_seed(1)
+    modules = [Transformer(str(hf)), Pooling(32, pooling_mode="cls"), Dense(32, 16, activation_function=torch.nn.Tanh()),
+               Normalize()]
+    st.SentenceTransformer(modules=modules, prompts={"query": "query: ", "document": "passage: "}, truncate_dim=12,
+                           device="cpu").save_pretrained(str(root / "dense"))
+    out["dense"] = root / "dense"
+    tok = transformers.AutoTokenizer.from_pretrained(hf)
+    config = transformers.AutoConfig.from_pretrained(hf)
+    config.num_labels = 1
+    config.id2label, config.label2id = {0: "LABEL_0"}, {"LABEL_0": 0}
+    torch.manual_seed(2)
+    transformers.BertForSequenceClassification(config).save_pretrained(root / "hf-ce")
+    tok.save_pretrained(root / "hf-ce")
+    st.CrossEncoder(str(root / "hf-ce"), device="cpu").save_pretrained(str(root / "ce"))
+    out["ce"] = root / "ce"
+    torch.manual_seed(3)
+    transformers.BertForMaskedLM(transformers.AutoConfig.from_pretrained(hf)).save_pretrained(root / "hf-mlm")
+    tok.save_pretrained(root / "hf-mlm")
+    st.SparseEncoder(str(root / "hf-mlm"), device="cpu").save_pretrained(str(root / "sparse"))
+    out["sparse"] = root / "sparse"
+    torch.manual_seed(4)
+    colbert = [Transformer(str(hf)),
+               Dense(32, 16, bias=False, activation_function=torch.nn.Identity(), module_input_name="token_embeddings",
+                     module_output_name="token_embeddings")]
+    st.SentenceTransformer(modules=colbert, prompts={"query": "[unused0] "}, device="cpu").save_pretrained(
+        str(root / "colbert"))
+    out["colbert"] = root / "colbert"
+    return out
+
+
+@pytest.fixture(scope="module")
+def artifacts(folders, tmp_path_factory):
+    root = tmp_path_factory.mktemp("st-art")
+    return {k: export(folders[k], out=root / k, log=lambda m: None)
+            for k in ("plain", "dense", "ce", "sparse", "colbert")}
+
+
+def test_a_sentence_transformers_5_folder_exports_as_its_pooling_says(folders, artifacts):
+    """The reported bug: a folder saved by sentence-transformers 5.7 (`pooling_mode`, new module paths) was refused."""
+    pooling = json.loads((folders["plain"] / "1_Pooling" / "config.json").read_text())
+    assert pooling.get("pooling_mode") == "mean" and "pooling_mode_mean_tokens" not in pooling  # the 5.x layout
+    model = load(artifacts["plain"])
+    assert model.task == "sentence-embedding" and model.manifest["task"]["pooling"] == "mean"
+    ref = _st().SentenceTransformer(str(folders["plain"]), device="cpu").encode(TEXTS)
+    np.testing.assert_allclose(model.embed(TEXTS), ref, atol=2e-5)
+
+
+def test_the_older_pooling_layout_and_task_override(folders, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(folders["plain"], old)
+    (old / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+         "pooling_mode_max_tokens": True, "pooling_mode_mean_sqrt_len_tokens": False}))
+    modules = json.loads((old / "modules.json").read_text())
+    for m in modules:
+        m["type"] = m["type"].replace("sentence_transformers.base.modules.transformer", "sentence_transformers.models")
+    (old / "modules.json").write_text(json.dumps(modules))
+    art = export(old, out=tmp_path / "a", log=lambda m: None)
+    ref = _st().SentenceTransformer(str(old), device="cpu").encode(TEXTS)
+    np.testing.assert_allclose(load(art).embed(TEXTS), ref, atol=2e-5)
+    # --task overrides what the folder says
+    fe = export(old, out=tmp_path / "fe", task="feature-extraction", log=lambda m: None)
+    assert load(fe).task == "feature-extraction"
+
+
+@pytest.mark.parametrize("mode", [*POOLING_MODES, "cls+mean"])
+def test_every_pooling_mode_equals_sentence_transformers(folders, mode):
+    """The graph's pooling against sentence-transformers' Pooling on the same hidden states, padded batch."""
+    import torch
+
+    from bertship.exporter.load import load_folder
+    from bertship.exporter.to_onnx import graph_module
+
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    source = load_folder(folders["plain"], pooling=mode)
+    reference = _st().SentenceTransformer(modules=[Transformer(str(folders["hf"])),
+                                                   Pooling(32, pooling_mode=mode.split("+"))], device="cpu")
+    enc = source.tokenizer(TEXTS, padding=True, return_tensors="pt", return_token_type_ids=True)
+    with torch.no_grad():
+        ours = graph_module(source)(*(enc[n] for n in source.family.inputs)).numpy()
+    np.testing.assert_allclose(ours, reference.encode(TEXTS), atol=2e-5)
+
+
+def test_dense_normalize_prompts_and_matryoshka(folders, artifacts):
+    model = load(artifacts["dense"])
+    settings = model.manifest["task"]
+    assert settings["prompts"] == {"query": "query: ", "document": "passage: "} and settings["dimensions"] == 12
+    ref = _st().SentenceTransformer(str(folders["dense"]), device="cpu")
+    for name in ("query", "document"):
+        ours, theirs = model.embed(TEXTS, prompt_name=name), ref.encode(TEXTS, prompt_name=name)
+        assert ours.shape == theirs.shape == (len(TEXTS), 12)
+        np.testing.assert_allclose(tasks.l2_normalize(ours), tasks.l2_normalize(theirs), atol=2e-5)
+        np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)  # re-normalized after the cut
+    without = model.embed(TEXTS)
+    assert np.abs(without - model.embed(TEXTS, prompt_name="query")).max() > 1e-3  # the prompt is really applied
+    full = model.embed(TEXTS, prompt="query: ", dimensions=16)
+    np.testing.assert_allclose(full, ref.encode(TEXTS, prompt="query: ", truncate_dim=16), atol=2e-5)
+    with pytest.raises(UsageError, match="no prompt 'passage'"):
+        model.embed(TEXTS, prompt_name="passage")
+    with pytest.raises(UsageError, match="dimensions must be an int from 1 to 16"):
+        model.embed(TEXTS, dimensions=17)
+
+
+def test_rerank_equals_the_cross_encoder(folders, artifacts):
+    model = load(artifacts["ce"])
+    assert model.task == "rerank" and model.manifest["task"]["activation"] == "Sigmoid"
+    ce = _st().CrossEncoder(str(folders["ce"]), device="cpu")
+    query = "Where can I sit?"
+    ours = model.rerank(query, TEXTS)
+    theirs = ce.rank(query, TEXTS)
+    assert [r["index"] for r in ours] == [r["corpus_id"] for r in theirs]
+    np.testing.assert_allclose([r["score"] for r in ours], [r["score"] for r in theirs], atol=1e-5)
+    assert [r["document"] for r in ours] == [TEXTS[r["index"]] for r in ours]
+    assert len(model.rerank(query, TEXTS, top_k=2)) == 2
+    np.testing.assert_allclose(model.score([query] * 2, TEXTS[:2]), ce.predict([(query, t) for t in TEXTS[:2]]),
+                               atol=1e-5)
+    report = model.manifest["fidelity"]["backends"]["onnxruntime"]["ranking"]
+    assert report["queries"] == 8 and report["top1_agreement"] == 1.0 and report["kendall_tau_min"] == 1.0
+
+
+def test_rerank_reads_an_older_cross_encoder_and_refuses_a_multi_label_one(folders, tmp_path):
+    from bertship.exporter.load import load_folder
+
+    old = tmp_path / "old-ce"
+    shutil.copytree(folders["ce"], old)
+    for name in ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json"):
+        (old / name).unlink()
+    config = json.loads((old / "config.json").read_text())
+    config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.linear.Identity"}
+    (old / "config.json").write_text(json.dumps(config))
+    source = load_folder(old)
+    assert source.task.name == "rerank" and source.settings["activation"] == "Identity"
+    config["sentence_transformers"] = {"activation_fn": "mypackage.Custom"}
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SourceError, match="never imports a checkpoint's own code"):
+        load_folder(old)
+    with pytest.raises(UsageError, match="rerank needs a pair classifier with one logit"):
+        load_folder(folders["hf"], task="rerank")  # the tiny classifier config has 3 labels
+
+
+def test_sparse_embedding_equals_the_sparse_encoder(folders, artifacts):
+    model = load(artifacts["sparse"])
+    assert model.task == "sparse-embedding" and model.manifest["task"]["splade"] == ["max", "relu"]
+    assert model.manifest["signature"]["outputs"][0]["name"] == "sparse_embedding"
+    se = _st().SparseEncoder(str(folders["sparse"]), device="cpu")
+    for top_k in (None, 7):
+        ours = model.embed_sparse(TEXTS, top_k=top_k)
+        theirs = se.encode(TEXTS, convert_to_sparse_tensor=False, max_active_dims=top_k).numpy()
+        for vec, row in zip(ours, theirs):
+            assert vec.indices.tolist() == np.flatnonzero(row).tolist()
+            np.testing.assert_allclose(vec.values, row[vec.indices], atol=2e-5)
+    assert all(len(v.indices) == 7 for v in model.embed_sparse(TEXTS, top_k=7))
+    fidelity = model.manifest["fidelity"]["backends"]["openvino"]
+    assert fidelity["top_terms"]["overlap_min"] == 1.0
+
+
+def test_multi_vector_equals_token_embeddings_and_maxsim(folders, artifacts):
+    import torch
+
+    model = load(artifacts["colbert"])
+    assert model.task == "multi-vector"
+    ref = _st().SentenceTransformer(str(folders["colbert"]), device="cpu")
+    ours = model.embed_multi(TEXTS)
+    theirs = ref.encode(TEXTS, output_value="token_embeddings")
+    assert [m.shape for m in ours] == [tuple(t.shape) for t in theirs]  # real tokens only, padding dropped
+    for m, t in zip(ours, theirs):
+        np.testing.assert_allclose(m, t.numpy(), atol=2e-5)
+    queries = model.embed_multi(TEXTS[:2], prompt_name="query")
+    expected = torch.stack([torch.stack([(torch.as_tensor(q) @ torch.as_tensor(d).T).max(1).values.sum()
+                                         for d in ours]) for q in queries]).numpy()
+    np.testing.assert_allclose(tasks.maxsim_scores(queries, ours), expected, rtol=1e-5)
+    assert model.manifest["fidelity"]["backends"]["onnxruntime"]["token_cosine"]["cosine_min"] > 0.9999
+
+
+def test_ranking_checks_catch_a_changed_order():
+    ref = np.array([0.9, 0.5, 0.1, 0.3])
+    assert kendall_tau(ref, ref * 2) == 1.0 and kendall_tau(ref, -ref) == -1.0
+    assert ranking([(ref, ref)])["top1_agreement"] == 1.0
+    swapped = np.array([0.5, 0.9, 0.1, 0.3])
+    assert ranking([(ref, swapped)])["top1_agreement"] == 0.0
+    texts = ["q1"] * 4 + ["q2"] * 4
+    both = [np.array([v]) for v in np.concatenate([ref, ref])]
+    wrong = [np.array([v]) for v in np.concatenate([swapped, ref])]
+    report, failures = retrieval_checks("rerank", texts, both, [both, wrong], 0.9, 1)
+    assert report["ranking"]["top1_agreement"] == 0.5 and "top-1 agreement" in failures[0]
+    sparse = [np.array([0, 3.0, 2.0, 1.0, 0]), np.array([1.0, 0, 0, 0, 2.0])]
+    assert top_terms_overlap(sparse, sparse, k=2).tolist() == [1.0, 1.0]
+    assert top_terms_overlap(sparse, [np.array([0, 3.0, 0, 1.0, 2.0]), sparse[1]], k=2).tolist() == [0.5, 1.0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,recipe", [("ce", "int8-mixed"), ("sparse", "int8-static"), ("colbert", "int8-static")])
+def test_int8_recipes_pass_the_gate_on_the_task_target(folders, tmp_path, kind, recipe):
+    art = export(folders[kind], out=tmp_path / kind, recipe=recipe, log=lambda m: None)
+    model = load(art)
+    for report in model.manifest["fidelity"]["backends"].values():
+        assert report["ranking"]["top1_agreement"] in (None, 1.0) or report["ranking"]["top1_agreement"] >= 0.9
+    assert model.manifest["fidelity"]["tolerance"]["min_rank_agreement"] == 0.9
