@@ -36,6 +36,10 @@ PYTHON_OUTPUTS: dict[str, list[tuple[str, str, list[Any]]]] = {
     "question-answering": [("ANSWER", "string", [1]), ("SCORE", "float32", [1]), ("START", "int64", [1]),
                            ("END", "int64", [1])],
     "token-classification": [("TAGS", "string", [1])],  # per text, a JSON list of {word, label, score, start, end}
+    "rerank": [("SCORE", "float32", [1])],  # per (TEXT = query, TEXT_PAIR = document): the cross-encoder's score
+    "sparse-embedding": [("SPARSE", "string", [1])],  # per text, JSON {"indices": [...], "values": [...]}
+    # per text, its token vectors padded with zero rows to the longest text of the batch, and its token count
+    "multi-vector": [("TOKEN_EMBEDDINGS", "float32", [-1, "hidden"]), ("TOKENS", "int64", [1])],
 }
 TRITON_DTYPES = {"int64": "TYPE_INT64", "int32": "TYPE_INT32", "float32": "TYPE_FP32", "float16": "TYPE_FP16",
                  "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
@@ -131,8 +135,9 @@ def _triton_python(path: str | Path, out: str | Path, *, max_batch: int, instanc
     if task not in PYTHON_OUTPUTS:
         raise UsageError(f"task {task!r} has no Python-backend outputs here — use --backend onnxruntime")
     pairs = bool(manifest["tokenizer"].get("text_pairs")) if pairs is None else pairs
-    if task == "question-answering" and not pairs:
-        raise UsageError("question-answering needs a question and a context per request — drop --no-pairs")
+    if task in ("question-answering", "rerank") and not pairs:
+        raise UsageError(f"{task} needs two texts per request (question and context, query and document) — drop "
+                         "--no-pairs")
     texts = ["TEXT", "TEXT_PAIR"] if pairs else ["TEXT"]
     last = _output_dims(root, manifest, runtime)[0][-1]  # hidden size or label count: the first output's last axis
     outputs = [(n, dtype, [last if d in ("hidden", "labels") else d for d in dims])

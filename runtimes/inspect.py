@@ -119,6 +119,21 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
                      else "—")
             lines.append(f"| {backend} | {t['texts']} | {t['cosine_min']:.6f} | {t['cosine_p1']:.6f} | "
                          f"{t['cosine_mean']:.6f} | {inv['cosine_min']:.6f} | {worst} | {swept} |")
+    ranked = {b: r for b, r in manifest["fidelity"].get("backends", {}).items() if "ranking" in r}
+    if ranked:
+        limit = tol.get("min_rank_agreement")
+        lines += ["", "## What retrieval measures (runtimes.retrieval), against the reference", "",
+                  "Each golden query's documents in order: top-1 agreement on queries whose best document leads by "
+                  "5 % of their score range, Kendall's tau; " + (f"limit {limit}." if limit is not None else "not judged."),
+                  "", "| backend | queries (decisive) | top-1 agreement | Kendall tau min / mean | sparse top-10 terms "
+                  "kept, min / mean | token cosine min / p1 |", "|---|---|---|---|---|---|"]
+        for backend, rep in ranked.items():
+            r, terms, tokens = rep["ranking"], rep.get("top_terms"), rep.get("token_cosine")
+            agree = "—" if r["top1_agreement"] is None else f"{r['top1_agreement']:.4f}"
+            lines.append(f"| {backend} | {r['queries']} ({r['decisive']}) | {agree} | {r['kendall_tau_min']:.3f} / "
+                         f"{r['kendall_tau_mean']:.3f} | "
+                         + (f"{terms['overlap_min']:.2f} / {terms['overlap_mean']:.3f}" if terms else "—") + " | "
+                         + (f"{tokens['cosine_min']:.6f} / {tokens['cosine_p1']:.6f}" if tokens else "—") + " |")
     target = manifest["fidelity"].get("target")
     if target:
         lines += ["", f"## --min-cosine {target['min_cosine']} on {target['texts']} texts "

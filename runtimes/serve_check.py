@@ -19,7 +19,8 @@ import numpy as np
 
 from . import artifact, cpuclass, serve, tasks
 from .errors import BackendMissingError, FidelityError, ServeError
-from .fidelity import Tolerance, compare, text_vectors
+from .fidelity import Tolerance, compare, cosines, text_vectors
+from .retrieval import ranking, rerank_groups
 from .tokenizer import TextEncoder
 from .verify import read_golden
 
@@ -77,6 +78,10 @@ def expected_results(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
                                        for v in text_vectors(task, outputs, r, f["attention_mask"])])}
     if task == "sequence-classification":
         return {"LOGITS": np.concatenate([r["logits"] for r in refs])}
+    if task == "rerank":
+        return {"SCORE": np.concatenate([r["scores"] for r in refs])[:, 0], "queries": texts}
+    if task in ("sparse-embedding", "multi-vector"):
+        return {"vectors": [v for f, r in zip(feeds, refs) for v in text_vectors(task, outputs, r, f["attention_mask"])]}
     encodings = TextEncoder(root / artifact.TOKENIZER, manifest["tokenizer"]).tokenize(texts, pairs)
     rows = [(b, i) for b, f in enumerate(feeds) for i in range(len(f["input_ids"]))]
     if task == "question-answering":
@@ -113,6 +118,25 @@ def judge(manifest: dict[str, Any], expected: dict[str, Any], got: dict[str, np.
             if said != [labels[k] for k in served.argmax(-1)]:
                 failures.append("LABEL: does not name the served LOGITS' argmax")
         report = check.as_dict()
+    elif task == "rerank":
+        ref, served = expected["SCORE"], np.asarray(got["SCORE"], dtype=np.float64).reshape(-1)
+        diff = float(np.abs(ref - served).max())
+        order = ranking(rerank_groups(expected["queries"], ref, served))
+        report = {"output": "SCORE", "max_abs_diff": diff, "ranking": order}
+        if diff > score_tolerance(tol):
+            failures.append(f"SCORE: max|diff| {diff:.3g} > {score_tolerance(tol):.3g} against the golden scores")
+        if tol.min_rank_agreement is not None and (order["top1_agreement"] or 1.0) < tol.min_rank_agreement:
+            failures.append(f"SCORE: top-1 agreement {order['top1_agreement']:.4f} < {tol.min_rank_agreement}")
+    elif task in ("sparse-embedding", "multi-vector"):
+        served = _served_vectors(task, got, len(expected["vectors"][0]))
+        cos = cosines(served, expected["vectors"]) if len(served) == len(expected["vectors"]) else np.zeros(1)
+        name = "SPARSE" if task == "sparse-embedding" else "TOKEN_EMBEDDINGS"
+        diff = max(float(np.abs(a - b).max(initial=0.0)) if a.shape == b.shape else np.inf
+                   for a, b in zip(served, expected["vectors"]))
+        report = {"output": name, "max_abs_diff": diff, "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
+        if cos.min() < tol.min_cosine:
+            failures.append(f"{name}: lowest per-text cosine {cos.min():.6f} < {tol.min_cosine} against the golden "
+                            "outputs")
     elif task == "question-answering":
         spans = expected["spans"]
         scores = np.asarray(got["SCORE"], dtype=np.float64).reshape(-1)
@@ -136,8 +160,31 @@ def judge(manifest: dict[str, Any], expected: dict[str, Any], got: dict[str, np.
     return report, [f"{where}: {f}" for f in failures]
 
 
+def _served_vectors(task: str, got: dict[str, Any], width: int) -> list[np.ndarray]:
+    """Per text, what text_vectors gives for the task, from the served rows: the sparse vector made dense over the
+    vocabulary (`width` ids), or the token vectors flattened."""
+    if task == "multi-vector":
+        return [np.asarray(m[:n], np.float64).ravel() for m, n in zip(got["TOKEN_EMBEDDINGS"],
+                                                                     np.asarray(got["TOKENS"]).reshape(-1))]
+    rows = [json.loads(b.decode("utf-8")) for b in np.asarray(got["SPARSE"]).reshape(-1)]
+    out = []
+    for r in rows:
+        dense = np.zeros(width)
+        dense[r["indices"]] = r["values"]
+        out.append(dense)
+    return out
+
+
 def _rows(replies: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([r[name] for r in replies]) for name in replies[0]}
+    """The replies' rows stacked; a per-token output (multi-vector) is zero-padded to the longest reply first."""
+    out = {}
+    for name in replies[0]:
+        parts = [r[name] for r in replies]
+        if parts[0].ndim == 3:
+            longest = max(p.shape[1] for p in parts)
+            parts = [np.pad(p, ((0, 0), (0, longest - p.shape[1]), (0, 0))) for p in parts]
+        out[name] = np.concatenate(parts)
+    return out
 
 
 def served_alone(make: Callable[[], Client], texts: list[str], pairs: list[str] | None, clients: int

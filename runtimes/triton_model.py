@@ -33,7 +33,8 @@ class TritonPythonModel:
         self.pairs = params.get("text_pairs", "false") == "true"
         self.run = {"sentence-embedding": self._embed, "feature-extraction": self._embed,
                     "sequence-classification": self._classify, "question-answering": self._answer,
-                    "token-classification": self._tag}[self.model.task]
+                    "token-classification": self._tag, "rerank": self._score, "sparse-embedding": self._sparse,
+                    "multi-vector": self._multi}[self.model.task]
 
     def execute(self, requests):
         """One response per request, in order; every valid request's texts run together in length buckets."""
@@ -94,6 +95,22 @@ class TritonPythonModel:
 
     def _tag(self, texts, pairs):
         return {"TAGS": _bytes([json.dumps(t, ensure_ascii=False) for t in self.model.tag(texts, batch_size=self.bucket)])}
+
+
+    def _score(self, texts, pairs):
+        return {"SCORE": self.model.score(texts, pairs, batch_size=self.bucket)[:, None]}
+
+    def _sparse(self, texts, pairs):
+        vectors = self.model.embed_sparse(texts, batch_size=self.bucket)
+        return {"SPARSE": _bytes([json.dumps({"indices": v.indices.tolist(), "values": v.values.tolist()})
+                                  for v in vectors])}
+
+    def _multi(self, texts, pairs):
+        mats = self.model.embed_multi(texts, batch_size=self.bucket)
+        out = np.zeros((len(mats), max(len(m) for m in mats), mats[0].shape[1]), dtype=np.float32)
+        for i, m in enumerate(mats):
+            out[i, : len(m)] = m
+        return {"TOKEN_EMBEDDINGS": out, "TOKENS": np.array([[len(m)] for m in mats], dtype=np.int64)}
 
 
 def _bytes(strings):

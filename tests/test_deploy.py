@@ -259,7 +259,7 @@ def test_deploy_imports_no_torch_or_triton(tiny_artifact, tmp_path):
 
 
 @needs_schema
-@pytest.mark.parametrize("task", ["sequence-classification", "question-answering"])
+@pytest.mark.parametrize("task", ["sequence-classification", "question-answering", "rerank", "multi-vector"])
 def test_python_backend_layout_carries_the_runtime_and_the_artifact(task_artifact, tmp_path, task):
     art = task_artifact(task)
     record = deploy.triton(art, tmp_path / "repo", backend="python", name="enc", runtime="openvino", threads=2,
@@ -267,18 +267,23 @@ def test_python_backend_layout_carries_the_runtime_and_the_artifact(task_artifac
     assert record["models"] == ["enc"] and record["runtime"] == "openvino"
     config = parse(tmp_path / "repo" / "enc")
     assert config.backend == "python" and config.HasField("dynamic_batching")
-    texts = ["TEXT", "TEXT_PAIR"] if task == "question-answering" else ["TEXT"]
+    pairs = task in ("question-answering", "rerank")
+    texts = ["TEXT", "TEXT_PAIR"] if pairs else ["TEXT"]
     assert [(i.name, dtype_name(i.data_type), list(i.dims)) for i in config.input] == \
         [(t, "TYPE_STRING", [1]) for t in texts]
     labels = load(art).encode(["a"]).shape[-1] if task == "sequence-classification" else None
+    width = load(art).embed_multi(["a"])[0].shape[1] if task == "multi-vector" else None
     expected = {"sequence-classification": [("LOGITS", "TYPE_FP32", [labels]), ("LABEL", "TYPE_STRING", [1]),
                                             ("SCORE", "TYPE_FP32", [1])],
                 "question-answering": [("ANSWER", "TYPE_STRING", [1]), ("SCORE", "TYPE_FP32", [1]),
-                                       ("START", "TYPE_INT64", [1]), ("END", "TYPE_INT64", [1])]}[task]
+                                       ("START", "TYPE_INT64", [1]), ("END", "TYPE_INT64", [1])],
+                "rerank": [("SCORE", "TYPE_FP32", [1])],
+                "multi-vector": [("TOKEN_EMBEDDINGS", "TYPE_FP32", [-1, width]),
+                                 ("TOKENS", "TYPE_INT64", [1])]}[task]
     assert [(o.name, dtype_name(o.data_type), list(o.dims)) for o in config.output] == expected
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params == {"runtime": "openvino", "threads": "2", "truncation": "error", "bucket_size": "4",
-                      "text_pairs": "true" if task == "question-answering" else "false"}
+                      "text_pairs": "true" if pairs else "false"}
     version = tmp_path / "repo" / "enc" / "1"
     copied = load(version / "artifact", backend="openvino")  # checksums of the copied files hold
     assert not (version / "artifact" / "onnxruntime").exists() and not (version / "artifact" / "golden.npz").exists()

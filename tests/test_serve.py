@@ -98,7 +98,8 @@ def _infer(module, client, texts, name="TEXT", dtype="BYTES", array=None):
 @pytest.mark.parametrize("task,runtime", [("sentence-embedding", "onnxruntime"), ("sentence-embedding", "openvino"),
                                           ("sequence-classification", "onnxruntime"),
                                           ("question-answering", "onnxruntime"),
-                                          ("token-classification", "onnxruntime")])
+                                          ("token-classification", "onnxruntime"), ("rerank", "onnxruntime"),
+                                          ("sparse-embedding", "openvino"), ("multi-vector", "onnxruntime")])
 def test_check_serves_the_golden_outputs(task_artifact, serve_env, tmp_path, capsys, task, runtime):
     art = task_artifact(task)
     code = main(["deploy", "triton", str(art), "--out", str(tmp_path / "repo"), "--backend", "python", "--runtime",
@@ -113,7 +114,7 @@ def test_check_serves_the_golden_outputs(task_artifact, serve_env, tmp_path, cap
     assert f"CPU class {runtime_class(runtime)})" in out.out
     record = json.loads((tmp_path / "repo" / "bertship-deploy.json").read_text())
     assert record["runtime"] == runtime
-    assert record["text_inputs"] == (["TEXT", "TEXT_PAIR"] if task == "question-answering" else ["TEXT"])
+    assert record["text_inputs"] == (["TEXT", "TEXT_PAIR"] if task in ("question-answering", "rerank") else ["TEXT"])
     assert not list(tmp_path.glob("bertship-serve-*"))
 
 

@@ -162,6 +162,9 @@ HEADS = {
     "sequence-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
     "question-answering": "AutoModelForQuestionAnswering",
+    "rerank": "AutoModelForSequenceClassification",  # one logit: a cross-encoder's relevance score
+    "sparse-embedding": "AutoModelForMaskedLM",  # SPLADE: the masked-LM head's logits, pooled in the graph
+    "multi-vector": "AutoModel",
 }
 
 
@@ -176,6 +179,8 @@ def build(family: str, task: str, seed: int = 0, layers: int | None = None):
         setattr(config, "n_layers" if family == "distilbert" else "num_hidden_layers", layers)
     if task == "question-answering":
         config.num_labels = 2  # start and end logits
+    if task == "rerank":
+        config.num_labels = 1
     torch.manual_seed(seed)
     model = getattr(transformers, HEADS[task]).from_config(config, attn_implementation="eager").eval()
     return model, tokenizer

@@ -325,7 +325,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"{name:<12} ok  on {rep['cpu_class']}  precision {rep['precision']:<5} max|diff| {worst:.2e}  min cosine {cos:.7f}  "
                   f"per-text tail: min {rep['tail']['cosine_min']:.6f} p1 {rep['tail']['cosine_p1']:.6f}  "
                   f"alone vs batched: min {rep['batch_invariance']['cosine_min']:.6f}"
-                  + (f"  lengths: min {rep['length_sweep']['cosine_min']:.6f}" if "length_sweep" in rep else ""))
+                  + (f"  lengths: min {rep['length_sweep']['cosine_min']:.6f}" if "length_sweep" in rep else "")
+                  + _ranking_text(rep))
         print(f"verified {args.artifact}: checksums, tokenizer and {len(report)} backend(s) match the golden outputs")
     return 0
 
@@ -375,8 +376,13 @@ def _check_deployment(args: argparse.Namespace, record: dict) -> None:
                                       clients=args.clients, requests=args.requests,
                                       log=lambda m: print(f"[bertship] check    {m}", file=sys.stderr))
     for where, rep in report["fidelity"].items():
-        detail = (f"min cosine {rep['cosine_min']:.6f}" if "cosine_min" in rep else
-                  f"agreement {rep.get('answer_agreement', rep.get('words_agree')):.3f}")
+        if "cosine_min" in rep:
+            detail = f"min cosine {rep['cosine_min']:.6f}"
+        elif "ranking" in rep:
+            top1 = rep["ranking"]["top1_agreement"]
+            detail = f"top-1 agreement {'—' if top1 is None else format(top1, '.3f')}"
+        else:
+            detail = f"agreement {rep.get('answer_agreement', rep.get('words_agree')):.3f}"
         print(f"{where:<14} ok  {rep['output']} max|diff| {rep['max_abs_diff']:.2e}  {detail}")
     load = report["load"]
     print(f"served {report['texts']} golden texts over HTTP and gRPC within the artifact's limits; "
@@ -405,6 +411,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
 COMMANDS = {"export": _cmd_export, "verify": _cmd_verify, "inspect": _cmd_inspect, "recipes": _cmd_recipes, "eval": _cmd_eval,
             "deploy": _cmd_deploy, "analyze": _cmd_analyze, "prune": _cmd_prune,
             "profiles": _cmd_profiles, "bench": _cmd_bench, "check": _cmd_check}
+
+
+def _ranking_text(rep: dict) -> str:
+    """verify's words on a retrieval artifact's own checks (runtimes.retrieval), or nothing."""
+    if "ranking" not in rep:
+        return ""
+    r = rep["ranking"]
+    text = f"  ranking: top-1 {'—' if r['top1_agreement'] is None else format(r['top1_agreement'], '.3f')} " \
+           f"tau min {r['kendall_tau_min']:.3f}"
+    if rep.get("top_terms"):
+        text += f"  top-10 terms kept: min {rep['top_terms']['overlap_min']:.2f}"
+    if rep.get("token_cosine"):
+        text += f"  token cosine: min {rep['token_cosine']['cosine_min']:.6f}"
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
