@@ -54,11 +54,12 @@ def metric_value(record: dict[str, Any], metric: str, shape: str | None) -> floa
     if METRICS[metric].per_shape:
         s = record["shapes"][shape]["summary"]
         return s["throughput"] if metric == "throughput" else s[metric.removesuffix("_ms")]
-    if metric == "cosine_min":
-        if not record.get("fidelity"):
-            raise UsageError(f"{record['path']} has no golden outputs to compare with — re-export it, or drop the "
-                             "cosine_min budget")
-        return record["fidelity"]["cosine_min"]
+    if metric in ("cosine_min", "rank_agreement"):
+        if not record.get("fidelity") or record["fidelity"].get(metric) is None:
+            raise UsageError(f"{record['path']} has no golden {'queries' if metric == 'rank_agreement' else 'outputs'} "
+                             f"to judge {metric} on — re-export it (rank_agreement: a rerank, sparse-embedding or "
+                             f"multi-vector artifact), or drop the {metric} budget")
+        return record["fidelity"][metric]
     if metric == "load_s":
         return statistics.median(record["load_s"])
     if metric == "peak_rss_mb":

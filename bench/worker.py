@@ -108,7 +108,10 @@ def _fidelity(model) -> dict[str, Any] | None:
     return {"cosine_min": min(o["cosine_min"] for o in report["outputs"]),
             "cosine_mean": min(o["cosine_mean"] for o in report["outputs"]),
             "text_cosine_min": report["tail"]["cosine_min"], "text_cosine_p1": report["tail"]["cosine_p1"],
-            "batch_cosine_min": report["batch_invariance"]["cosine_min"], "failures": failures}
+            "batch_cosine_min": report["batch_invariance"]["cosine_min"], "failures": failures,
+            # a ranking where no golden query was decisive has nothing to lose: 1.0
+            "rank_agreement": None if "ranking" not in report else
+            1.0 if report["ranking"]["top1_agreement"] is None else report["ranking"]["top1_agreement"]}
 
 
 def _timed(call: Callable[[], Any], calls: int) -> list[float]:

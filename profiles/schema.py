@@ -36,6 +36,9 @@ METRICS: dict[str, Metric] = {
                "cold load in a fresh process: checksums, tokenizer and session creation (median over passes)"),
         Metric("cosine_min", "cosine", "higher", False, False,
                "lowest per-sample cosine of the outputs vs the artifact's golden PyTorch outputs, run on this machine"),
+        Metric("rank_agreement", "share", "higher", False, False,
+               "rerank, sparse-embedding, multi-vector: share of the golden queries whose best document stays first "
+               "vs the golden PyTorch outputs, run on this machine (runtimes.retrieval)"),
     )
 }
 BOUNDS = {"lower": ("max", "max_ratio"), "higher": ("min", "min_ratio")}

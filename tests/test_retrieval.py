@@ -249,3 +249,21 @@ def test_int8_recipes_pass_the_gate_on_the_task_target(folders, tmp_path, kind, 
     for report in model.manifest["fidelity"]["backends"].values():
         assert report["ranking"]["top1_agreement"] in (None, 1.0) or report["ranking"]["top1_agreement"] >= 0.9
     assert model.manifest["fidelity"]["tolerance"]["min_rank_agreement"] == 0.9
+
+
+def test_a_budget_can_bound_the_rank_agreement():
+    from bertship.bench.budgets import metric_value
+    from bertship.profiles.schema import METRICS
+
+    assert METRICS["rank_agreement"].better == "higher" and not METRICS["rank_agreement"].noisy
+    record = {"path": "art", "fidelity": {"cosine_min": 0.99, "rank_agreement": 0.875}}
+    assert metric_value(record, "rank_agreement", None) == 0.875
+    with pytest.raises(UsageError, match="no golden queries to judge rank_agreement on"):
+        metric_value({"path": "art", "fidelity": {"cosine_min": 0.99, "rank_agreement": None}}, "rank_agreement", None)
+
+
+def test_bench_worker_reports_the_rank_agreement(artifacts):
+    from bertship.bench.worker import _fidelity
+
+    assert _fidelity(load(artifacts["ce"]))["rank_agreement"] == 1.0
+    assert _fidelity(load(artifacts["dense"]))["rank_agreement"] is None
