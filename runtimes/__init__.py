@@ -19,6 +19,7 @@ from .errors import (
     UsageError,
 )
 from .model import Model, load
+from .tasks import SparseVector, maxsim, maxsim_scores
 from .verify import verify
 
 __all__ = [
@@ -31,7 +32,10 @@ __all__ = [
     "Model",
     "ServeError",
     "SourceError",
+    "SparseVector",
     "UsageError",
     "load",
+    "maxsim",
+    "maxsim_scores",
     "verify",
 ]

@@ -267,3 +267,21 @@ def test_bench_worker_reports_the_rank_agreement(artifacts):
 
     assert _fidelity(load(artifacts["ce"]))["rank_agreement"] == 1.0
     assert _fidelity(load(artifacts["dense"]))["rank_agreement"] is None
+
+
+@pytest.mark.slow
+def test_the_bundled_minilm_resaved_by_sentence_transformers_exports_as_reported(tmp_path):
+    """The issue's reproduction: all-MiniLM-L6-v2 loaded and saved by sentence-transformers 5.7, then exported as the
+    folder says (sentence-embedding, mean pooling, normalized)."""
+    from bertship.cli import main
+    from bertship.exporter.load import default_model_path
+
+    st = _st().SentenceTransformer(str(default_model_path()), device="cpu")
+    st.save_pretrained(str(tmp_path / "saved"))
+    assert json.loads((tmp_path / "saved" / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "mean"
+    # refused before with exit 3, even under --task feature-extraction; the folder's own reading is the one checked
+    assert main(["export", str(tmp_path / "saved"), "--backends", "onnxruntime", "--out", str(tmp_path / "se")]) == 0
+    model = load(tmp_path / "se")
+    assert model.manifest["task"]["pooling"] == "mean" and model.manifest["task"]["normalize"] is True
+    ours, theirs = model.embed(TEXTS), st.encode(TEXTS)
+    assert (np.sum(ours * theirs, axis=1) > 0.99999).all()
