@@ -103,6 +103,8 @@ def export(
     check_recipe(recipe, names, cpu["flags"])
     max_drop = fallback.parse_drop(opts.max_accuracy_drop) if opts.max_accuracy_drop is not None else None
     min_cos = fallback.parse_min_cosine(opts.min_cosine) if opts.min_cosine is not None else None
+    if opts.min_rank_agreement is not None:  # judged after load, where the task is known; its number fails here
+        fallback.parse_min_cosine(opts.min_rank_agreement, "--min-rank-agreement")
     if opts.calibration is not None and not recipe.needs_calibration and min_cos is None:
         raise UsageError(f"--calibration applies to recipes that calibrate (int8-static, int8-mixed) and to the texts "
                          f"--min-cosine is judged on, not to {recipe.name!r} alone — drop it")
@@ -391,6 +393,9 @@ def _scorer(source, plain: Path, opts: ExportOptions, calib_texts) -> fallback.S
 def _rank_agreement(opts: ExportOptions, task: str, recipe: str) -> float | None:
     """The gate's --min-rank-agreement for a retrieval task (None for the others)."""
     if task not in RETRIEVAL_TASKS:
+        if opts.min_rank_agreement is not None:
+            raise UsageError(f"--min-rank-agreement judges retrieval tasks ({', '.join(RETRIEVAL_TASKS)}), not {task} "
+                             "— use --min-cosine for embeddings, --max-accuracy-drop for a classifier")
         return None
     if opts.min_rank_agreement is not None:
         return fallback.parse_min_cosine(opts.min_rank_agreement, "--min-rank-agreement")

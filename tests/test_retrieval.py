@@ -285,3 +285,13 @@ def test_the_bundled_minilm_resaved_by_sentence_transformers_exports_as_reported
     assert model.manifest["task"]["pooling"] == "mean" and model.manifest["task"]["normalize"] is True
     ours, theirs = model.embed(TEXTS), st.encode(TEXTS)
     assert (np.sum(ours * theirs, axis=1) > 0.99999).all()
+
+
+def test_a_wrong_min_rank_agreement_exits_2_and_writes_nothing(folders, tmp_path, capsys):
+    from bertship.cli import main
+
+    assert main(["export", str(folders["ce"]), "--min-rank-agreement", "1.5", "--out", str(tmp_path / "a")]) == 2
+    assert "--min-rank-agreement '1.5' must be in (0, 1]" in capsys.readouterr().err
+    assert main(["export", str(folders["plain"]), "--min-rank-agreement", "0.9", "--out", str(tmp_path / "b")]) == 2
+    assert "--min-rank-agreement judges retrieval tasks" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
