@@ -200,10 +200,23 @@ class RankScorer:
         return 1.0 if agreement is None else agreement
 
 
-def make_rank_scorer(plain_onnx: Path, feeds: list[dict[str, np.ndarray]]) -> RankScorer:
-    """RankScorer on these query groups, the reference from the fp32 graph on ONNX Runtime."""
+def make_rank_scorer(plain_onnx: Path, source, feeds: list[dict[str, np.ndarray]], texts: list[str] | None = None,
+                     pairs: list[str] | None = None) -> RankScorer:
+    """RankScorer on the golden query groups (`feeds`, one query each) plus, from (query, document) pairs such as a
+    .jsonl calibration file, one group per query with several documents; the reference from the fp32 graph on ONNX
+    Runtime."""
+    groups = list(feeds)
+    if texts and pairs:
+        by_query: dict[str, list[str]] = {}
+        for query, document in zip(texts, pairs):
+            by_query.setdefault(query, []).append(document)
+        for query, documents in by_query.items():
+            if len(documents) > 1:
+                enc = source.tokenizer([query] * len(documents), documents, padding="longest", truncation=True,
+                                       max_length=source.max_length, return_token_type_ids=True, return_tensors="np")
+                groups.append({n: np.asarray(enc[n], dtype=np.int64) for n in source.family.inputs})
     ref_runner = backends.runner_class("onnxruntime")(plain_onnx, None, None)
-    return RankScorer(feeds, [_first(ref_runner.run(f))[:, 0] for f in feeds])
+    return RankScorer(groups, [_first(ref_runner.run(f))[:, 0] for f in groups])
 
 
 def _first(outs: dict[str, np.ndarray]) -> np.ndarray:

@@ -33,10 +33,12 @@ RANK_DOCS = 8  # a reranker's golden batches: one query each, with this many can
 
 
 def ranking_pairs() -> tuple[list[str], list[str]]:
-    """(queries, documents) for a reranker: the shipped questions and some short texts as queries, each beside
-    RANK_DOCS of the sentences (a different run of them per query), so the gate can check each query's order."""
+    """(queries, documents) for a reranker: the shipped questions and every short text as queries (30), each beside
+    RANK_DOCS of the sentences (a different run of them per query), so the gate can check each query's order. Eight
+    queries proved too few: an int8 reranker that kept all 7 decisive golden queries changed 3 of 32 decisive
+    held-out ones (benchmarks/results/retrieval.md)."""
     long, short = sentences(), short_texts()
-    queries = [s for s in long if s.endswith("?")][:4] + short[:4]
+    queries = [s for s in long if s.endswith("?")] + short
     texts, pairs = [], []
     for q, query in enumerate(queries):
         for d in range(RANK_DOCS):

@@ -202,7 +202,11 @@ def export(
             tail_scorer = _tail_scorer(source, plain, opts, calib_texts, texts, feeds, sweep.lengths)
             objectives.append(fallback.Objective(tail_scorer, min_cos))
         if recipe.name == "int8-mixed" and source.task.name == "rerank":
-            objectives.append(fallback.Objective(fallback.make_rank_scorer(plain, feeds), rank_target))
+            # the golden queries, and the calibration file's queries where it gives (text, text_pair) lines
+            pairs_given = calib_texts is not None and calib_texts[1] is not None
+            scorer = fallback.make_rank_scorer(plain, source, feeds, *(calib_texts[:2] if pairs_given else ()))
+            log(f"[bertship]          int8-mixed judges the order of {len(scorer.feeds)} queries' documents")
+            objectives.append(fallback.Objective(scorer, rank_target))
         searching = recipe.name == "int8-mixed" or (max_drop is not None and recipe.name in fallback.SEARCHING)
         for name in names:
             with stages.stage("build", f"{name}: {recipe.how[name]}"):

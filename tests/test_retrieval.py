@@ -168,7 +168,7 @@ def test_rerank_equals_the_cross_encoder(folders, artifacts):
     np.testing.assert_allclose(model.score([query] * 2, TEXTS[:2]), ce.predict([(query, t) for t in TEXTS[:2]]),
                                atol=1e-5)
     report = model.manifest["fidelity"]["backends"]["onnxruntime"]["ranking"]
-    assert report["queries"] == 8 and report["top1_agreement"] == 1.0 and report["kendall_tau_min"] == 1.0
+    assert report["queries"] == 30 and report["top1_agreement"] == 1.0 and report["kendall_tau_min"] == 1.0
 
 
 def test_rerank_reads_an_older_cross_encoder_and_refuses_a_multi_label_one(folders, tmp_path):
@@ -295,3 +295,21 @@ def test_a_wrong_min_rank_agreement_exits_2_and_writes_nothing(folders, tmp_path
     assert main(["export", str(folders["plain"]), "--min-rank-agreement", "0.9", "--out", str(tmp_path / "b")]) == 2
     assert "--min-rank-agreement judges retrieval tasks" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_int8_mixed_ranks_the_calibration_files_queries_too(folders, artifacts):
+    from bertship.exporter.fallback import make_rank_scorer
+    from bertship.exporter.load import load_folder
+    from bertship.runtimes.backends import runner_class
+    from bertship.runtimes.verify import read_golden
+
+    source = load_folder(folders["ce"])
+    feeds = read_golden(artifacts["ce"], load(artifacts["ce"]).manifest)[0]
+    texts = ["q one"] * 3 + ["q two"] * 2 + ["alone"]  # a query with one document has no order to judge
+    pairs = TEXTS[:3] + TEXTS[3:5] + TEXTS[5:]
+    graph = artifacts["ce"] / "onnxruntime" / "model.onnx"
+    scorer = make_rank_scorer(graph, source, feeds, texts, pairs)
+    assert len(scorer.feeds) == len(feeds) + 2 and [len(f["input_ids"]) for f in scorer.feeds[-2:]] == [3, 2]
+    assert scorer(runner_class("onnxruntime")(graph, None, None)) == 1.0
+    swapped = type(scorer)(scorer.feeds, [-r for r in scorer.reference])  # every order reversed
+    assert swapped(runner_class("onnxruntime")(graph, None, None)) < 0.5
