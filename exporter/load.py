@@ -245,8 +245,10 @@ def _task_settings(task: Task, pooling: str | None, normalize: bool | None, st: 
             raise SourceError("the folder's Pooling leaves the prompt tokens out (include_prompt: false), which "
                               "bertship's graph cannot tell apart — export with --task feature-extraction and pool the "
                               "tokens after the prompt in your app")
-        default = st.default_prompt_name if st.default_prompt_name in prompts else None
-        settings.update(prompts=prompts, default_prompt_name=default)
+        if prompts:  # recorded only where there is one (a manifest stays as it was for prompt-less models)
+            settings["prompts"] = prompts
+        if st.default_prompt_name in prompts:
+            settings["default_prompt_name"] = st.default_prompt_name
     if task.name == "rerank":
         if num_labels != 1:
             raise UsageError(f"rerank needs a pair classifier with one logit (a relevance score); this one has "
