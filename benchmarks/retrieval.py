@@ -33,6 +33,11 @@ artifact under benchmarks/.cache/retrieval; later runs reuse them (--rebuild sta
    folder (text-classification / fill-mask: the files fastembed's own models are); bertship `rerank` / `embed_sparse`
    on fp32 and int8 artifacts (int8-static, int8-mixed on ONNX Runtime and OpenVINO, int8-dynamic on ONNX Runtime),
    each exported with `python -m bertship.cli export`; one the gate refuses is reported with its exit code and message.
+   Rerank also gets the variants a user tuning honestly would try (TUNED): int8-mixed on each backend with
+   `--min-rank-agreement 1.0`, alone and with `--calibration` = a .jsonl of (query, document) pairs built like the
+   held-out ones but from the MR CALIB_SPLIT (train) split, MR sentences only, sharing no text with the held-out data
+   (calibration_pairs). Artifacts are cached under the bertship commit that exported them (bertship_commit()): a
+   changed bertship re-exports them.
 4. Per variant: pairs/s (rerank) or texts/s (sparse), median of the timed rounds of PASSES interleaved passes; ratios
    to sentence-transformers and to fastembed from the same run. Fidelity against sentence-transformers' outputs:
    rerank — top-1 agreement over all queries and over decisive ones (top two scores 5 % of the range apart, the
@@ -81,7 +86,20 @@ PLANS: list[tuple[str, str]] = [
     ("int8-static", "onnxruntime"), ("int8-static", "openvino"),
     ("int8-mixed", "onnxruntime"), ("int8-mixed", "openvino"),
     ("int8-dynamic", "onnxruntime"),
+    ("int8-weight-only", "openvino"), ("bf16", "openvino"),  # float compute: where no int8 recipe keeps fidelity
 ]
+# rerank variants a user tuning honestly would try: (recipe, backend, tag, extra export arguments); "{pairs}" is the
+# .jsonl of (query, document) pairs built like the held-out ones but from CALIB_SPLIT (never the reported test split)
+CALIB_SPLIT = "train"
+CALIB_QUERIES = 48
+CALIB_DOCS = 16
+TUNED: dict[str, list[tuple[str, str, str, list[str]]]] = {"rerank": [
+    (recipe, backend, tag, args)
+    for recipe, backend in (("int8-mixed", "openvino"), ("int8-mixed", "onnxruntime"))
+    for tag, args in (("min-rank 1.0", ["--min-rank-agreement", "1.0"]),
+                      (f"min-rank 1.0 + MR-{CALIB_SPLIT} pairs",
+                       ["--min-rank-agreement", "1.0", "--calibration", "{pairs}"]))
+]}
 ST_NAME = {"rerank": "sentence-transformers CrossEncoder.predict (torch fp32)",
            "sparse": "sentence-transformers SparseEncoder.encode (torch fp32)"}
 FE_NAME = {"rerank": "fastembed TextCrossEncoder.rerank (Optimum fp32 ONNX)",
@@ -107,18 +125,21 @@ def _words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if len(w) > 2 and w not in STOP}
 
 
-def dataset(n_queries: int = N_QUERIES, per_query: int = DOCS_PER_QUERY, seed: int = 0) -> dict[str, Any]:
-    """Queries (short MR test sentences), documents (longer MR test sentences and Amazon snippets), groups."""
+def dataset(n_queries: int = N_QUERIES, per_query: int = DOCS_PER_QUERY, n_sparse: int = SPARSE_TEXTS,
+            seed: int = 0, part: str = "test", with_amazon: bool = True,
+            exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Queries (short MR sentences of `part`), documents (longer MR sentences of `part` and, with_amazon, the Amazon
+    snippets), groups; texts in `exclude` are never used."""
     from .embed_fidelity import amazon
 
-    test = [t for t, _ in split()["test"]]
+    test = [t for t, _ in split()[part] if t not in exclude]
     rng = random.Random(seed)
     short = [t for t in test if 3 <= len(t.split()) <= 8]
     rng.shuffle(short)
     queries = short[:n_queries]
-    seen: set[str] = set(queries)
+    seen: set[str] = set(queries) | set(exclude)
     documents = []
-    for t in test + amazon(10**6):
+    for t in test + (amazon(10**6) if with_amazon else []):
         if len(t.split()) >= 10 and t not in seen:
             seen.add(t)
             documents.append(t)
@@ -132,11 +153,29 @@ def dataset(n_queries: int = N_QUERIES, per_query: int = DOCS_PER_QUERY, seed: i
     remap = {old: new for new, old in enumerate(used)}
     documents = [documents[i] for i in used]
     groups = [[remap[i] for i in g] for g in groups]
-    sample = sorted(rng.sample(range(len(documents)), min(len(documents), SPARSE_TEXTS - len(queries))))
+    sample = sorted(rng.sample(range(len(documents)), min(len(documents), n_sparse - len(queries))))
     return {"queries": queries, "documents": documents, "groups": groups,
             "sparse_texts": queries + [documents[i] for i in sample],
             "source": "vaderSentiment 3.3.2 sdist (PyPI): hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt "
-                      "(MR test split of benchmarks/mr_data.split(), seed 0) and amazonReviewSnippets_GroundTruth.txt"}
+                      f"(MR {part} split of benchmarks/mr_data.split(), seed 0)"
+                      + (" and amazonReviewSnippets_GroundTruth.txt" if with_amazon else "")}
+
+
+def calibration_pairs(held_out: dict[str, Any], path: Path, n_queries: int = CALIB_QUERIES,
+                      per_query: int = CALIB_DOCS) -> dict[str, Any]:
+    """A .jsonl of {"text": query, "text_pair": document} lines, built like the held-out pairs (short sentences as
+    queries, each with the longer sentences sharing the most content words) but from the MR CALIB_SPLIT split only
+    (no Amazon snippets: those are held-out documents) and sharing no text with the held-out data."""
+    held = set(held_out["queries"]) | set(held_out["documents"]) | set(held_out["sparse_texts"])
+    cal = dataset(n_queries, per_query, n_sparse=n_queries, seed=1, part=CALIB_SPLIT, with_amazon=False,
+                  exclude=held)
+    lines = [json.dumps({"text": q, "text_pair": cal["documents"][d]}, ensure_ascii=False)
+             for q, g in zip(cal["queries"], cal["groups"]) for d in g]
+    assert not held & ({*cal["queries"], *cal["documents"]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"file": str(path), "split": CALIB_SPLIT, "queries": len(cal["queries"]), "per_query": per_query,
+            "pairs": len(lines), "source": cal["source"] + "; no text shared with the held-out queries or documents"}
 
 
 # ---------------------------------------------------------------------------------------------------------- models
@@ -175,29 +214,80 @@ def build_models(root: Path) -> dict[str, Path]:
     return out
 
 
-def build_artifacts(folders: dict[str, Path], root: Path) -> tuple[dict[str, dict], dict[str, dict]]:
-    """bertship artifacts via the CLI, each (kind, recipe, backend) on its own: name -> info; refusals apart."""
+def bertship_commit() -> str:
+    """The last commit touching bertship itself (anything but benchmarks/), '+dirty' when its files are modified: the
+    key under which exported artifacts are cached, so that a changed exporter or gate re-exports them."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "log", "-1", "--format=%H", "--", ".", ":!benchmarks"], cwd=root,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks"],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (subprocess.CalledProcessError, OSError):
+        from importlib import metadata
+
+        return "bertship " + metadata.version("bertship")
+
+
+def plans(kind: str) -> list[tuple[str, str, str, list[str]]]:
+    """(recipe, backend, tag, extra export arguments) of every bertship variant of a kind."""
+    return [(recipe, backend, "", []) for recipe, backend in PLANS] + TUNED.get(kind, [])
+
+
+def search_record(artifact: str | Path) -> dict[str, Any] | None:
+    """What int8-mixed's search kept in float in an artifact (its manifest's fallback record), or None."""
+    try:
+        manifest = json.loads((Path(artifact) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for backend, f in (manifest.get("fallback") or {}).items():
+        return {"backend": backend, "float_groups": len(f.get("kept_float", [])), "groups": f.get("groups"),
+                "metric": f.get("metric"), "target": f.get("target"), "all_quantized": f.get("all_quantized"),
+                "final": f.get("final"), "route": f.get("route"), "evaluations": f.get("evaluations"),
+                "calibration": (manifest.get("recipe") or {}).get("calibration")}
+    return None
+
+
+def variant_name(recipe: str, backend: str, tag: str) -> str:
+    return f"bertship {recipe} [{backend}]" + (f" {tag}" if tag else "")
+
+
+def build_artifacts(folders: dict[str, Path], root: Path,
+                    pairs: Path | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
+    """bertship artifacts via the CLI, each (kind, recipe, backend, tag) on its own: name -> info; refusals apart.
+
+    A cached artifact is reused only when it was exported by the same bertship (bertship_commit()) with the same
+    command; otherwise it is exported again."""
     built: dict[str, dict] = {}
     refused: dict[str, dict] = {}
-    for kind in KINDS:
-        for recipe, backend in PLANS:
-            name = f"bertship {recipe} [{backend}]"
-            path = root / kind / f"{recipe}-{backend}"
+    commit = bertship_commit()
+    for kind in folders:
+        for recipe, backend, tag, extra in plans(kind):
+            name = variant_name(recipe, backend, tag)
+            slug = re.sub(r"[^A-Za-z0-9.]+", "-", tag).strip("-")
+            path = root / kind / (f"{recipe}-{backend}" + (f"-{slug}" if slug else ""))
             note = path.with_name(path.name + ".json")
-            if not note.exists():
-                _log(f"export {kind}: {recipe} [{backend}] …")
-                cmd = [sys.executable, "-m", "bertship.cli", "export", str(folders[kind]), "--out", str(path),
-                       "--recipe", recipe, "--backends", backend, "--force"]
+            args = [a.replace("{pairs}", str(pairs)) for a in extra]
+            cmd = [sys.executable, "-m", "bertship.cli", "export", str(folders[kind]), "--out", str(path),
+                   "--recipe", recipe, "--backends", backend, *args, "--force"]
+            command = "python -m bertship.cli export " + " ".join(cmd[4:])
+            old = json.loads(note.read_text()) if note.exists() else {}
+            if old.get("bertship_commit") != commit or old.get("command") != command:
+                _log(f"export {kind}: {name} …")
+                shutil.rmtree(path, ignore_errors=True)  # a refused export must not leave an older artifact behind
                 start = time.time()
                 res = subprocess.run(cmd, capture_output=True, text=True, env=_env())
                 lines = [ln for ln in (res.stderr + res.stdout).splitlines() if ln.strip()]
-                info = {"command": "python -m bertship.cli export " + " ".join(cmd[4:]), "rc": res.returncode,
-                        "export_s": round(time.time() - start, 1),
-                        "message": "\n".join(lines[-6:]) if res.returncode else None}
+                errors = [ln for ln in lines if ln.startswith("bertship: error")] or lines[-6:]
+                search = [ln.strip() for ln in lines if "int8-mixed" in ln or "fallback" in ln.lower()][:40]
+                info = {"command": command, "rc": res.returncode, "export_s": round(time.time() - start, 1),
+                        "bertship_commit": commit, "message": "\n".join(errors) if res.returncode else None,
+                        "search_log": search}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 note.write_text(json.dumps(info, indent=1))
                 _log(f"  {'ok' if res.returncode == 0 else 'exit ' + str(res.returncode)} in {info['export_s']} s"
-                     + (f": {lines[-1] if lines else ''}" if res.returncode else ""))
+                     + (f": {info['message']}" if res.returncode else ""))
             info = json.loads(note.read_text())
             if info["rc"] == 0 and (path / "manifest.json").exists():
                 built.setdefault(kind, {})[name] = {**info, "path": str(path), "backend": backend, "recipe": recipe}
@@ -207,7 +297,12 @@ def build_artifacts(folders: dict[str, Path], root: Path) -> tuple[dict[str, dic
 
 
 def build_fastembed(folders: dict[str, Path], root: Path) -> dict[str, Path]:
-    """Optimum's fp32 ONNX export of each folder (the files fastembed's own models are), with the tokenizer files."""
+    """Optimum's fp32 ONNX export of each folder (the files fastembed's own models are), with the tokenizer files.
+
+    fastembed truncates at min(model_max_length, max_length) of tokenizer_config.json, and the MiniLM tokenizer saved
+    by transformers carries "max_length": 128 (its tokenizer.json's truncation) beside "model_max_length": 512:
+    fastembed would cut pairs at 128 tokens where sentence-transformers and bertship take 512. The key is dropped
+    from fastembed's copy so that every tool reads the same tokens."""
     out = {}
     for kind, task in (("rerank", "text-classification"), ("sparse", "fill-mask")):
         path = root / f"{kind}-onnx"
@@ -216,6 +311,10 @@ def build_fastembed(folders: dict[str, Path], root: Path) -> dict[str, Path]:
             from optimum.exporters.onnx import main_export
 
             main_export(str(folders[kind]), output=str(path), task=task, device="cpu", library_name="transformers")
+        config_file = path / "tokenizer_config.json"
+        config = json.loads(config_file.read_text())
+        if config.pop("max_length", None) is not None:
+            config_file.write_text(json.dumps(config, indent=2))
         out[kind] = path
     return out
 
@@ -265,7 +364,7 @@ def measure(kind: str, variants: dict[str, dict], data_file: Path, passes: int, 
         rng.shuffle(order)
         for name in order:
             v = variants[name]
-            out = WORK / "out" / f"{kind}-{re.sub(r'[^A-Za-z0-9]+', '_', name)}"
+            out = WORK / "out" / f"{kind}-{re.sub(r'[^A-Za-z0-9]+', '_', name)}-pass{p + 1}"
             out.parent.mkdir(parents=True, exist_ok=True)
             cmd = [str(v.get("python", sys.executable)), "-m", "benchmarks.retrieval_worker", "--tool", v["tool"],
                    "--kind", kind, "--model", str(v["path"]), "--data", str(data_file), "--out", str(out),
@@ -309,12 +408,13 @@ def rerank_fidelity(ref: np.ndarray, got: np.ndarray, groups: list[list[int]]) -
     top1 = [int(np.argmax(r) == np.argmax(s)) for r, s in pairs]
     taus = [kendall_tau(r, s) for r, s in pairs]
     gate = ranking(pairs)
-    gaps = [float(np.sort(r)[-1] - np.sort(r)[-2]) for r, _ in pairs]
+    # the reference's gap between its two best documents, as a share of the query's score range
+    gaps = [float((np.sort(r)[-1] - np.sort(r)[-2]) / max(float(r.max() - r.min()), 1e-30)) for r, _ in pairs]
     return {"queries": len(pairs), "top1_agreement": float(np.mean(top1)), "top1_misses": int(len(top1) - sum(top1)),
             "decisive_queries": gate["decisive"], "top1_agreement_decisive": gate["top1_agreement"],
             "kendall_tau_mean": float(np.mean(taus)), "kendall_tau_min": float(np.min(taus)),
             "max_abs_score_diff": float(np.abs(ref - got).max()),
-            "missed_top_gap": [gaps[i] for i, t in enumerate(top1) if not t]}
+            "top_gap_median": float(np.median(gaps)), "missed_top_gaps": [gaps[i] for i, t in enumerate(top1) if not t]}
 
 
 def sparse_fidelity(ref_rows, got_rows, n_queries: int, vocab: int) -> dict[str, Any]:
@@ -372,13 +472,22 @@ def summarize(kind: str, results: dict[str, Any]) -> dict[str, Any]:
     best = max(((n, r) for n, r in ours.items() if r["faithful"]), key=lambda kv: kv[1]["median_per_s"], default=None)
     fp32 = ours.get("bertship fp32 [onnxruntime]")
     out: dict[str, Any] = {"fastest_faithful": best[0] if best else None}
+    if kind == "rerank":  # the same on the gate's decisive queries only (top two ≥ 5 % of the range apart)
+        dec = [(n, r) for n, r in ours.items() if (r["fidelity"]["top1_agreement_decisive"] or 0) >= AIM["top1"]]
+        bd = max(dec, key=lambda kv: kv[1]["median_per_s"]) if dec else None
+        out["fastest_faithful_decisive"] = ({"name": bd[0], "x_sentence_transformers": bd[1]["x_sentence_transformers"],
+                                             "x_fastembed": bd[1]["x_fastembed"]} if bd else None)
     if best:
         b = best[1]
         out.update(x_sentence_transformers=b["x_sentence_transformers"], x_fastembed=b["x_fastembed"],
                    aim_st_met=b["x_sentence_transformers"] >= AIM["x_st"],
                    aim_fastembed_met=(b["x_fastembed"] >= AIM["x_fastembed"]) if b["x_fastembed"] else None)
     int8 = [(n, r) for n, r in ours.items() if "int8" in n and r["faithful"]]
-    out["fastest_faithful_int8"] = max(int8, key=lambda kv: kv[1]["median_per_s"])[0] if int8 else None
+    best8 = max(int8, key=lambda kv: kv[1]["median_per_s"]) if int8 else None
+    out["fastest_faithful_int8"] = best8[0] if best8 else None
+    if best8:
+        out["int8_x_sentence_transformers"] = best8[1]["x_sentence_transformers"]
+        out["int8_x_fastembed"] = best8[1]["x_fastembed"]
     out["fp32_x_sentence_transformers"] = fp32["x_sentence_transformers"] if fp32 else None
     return out
 
@@ -394,10 +503,11 @@ def markdown(res: dict[str, Any]) -> str:
              f"reranker: one-logit classification head + Sigmoid; SPLADE: MLM head (random transform, decoder tied "
              f"to the word embeddings, bias {res['splade_bias']}). Texts: {d['queries']} queries × {d['per_query']} "
              f"documents ({d['pairs']} pairs) and {d['sparse_texts']} texts for sparse, from {d['source']}; none used "
-             f"to tune any recipe.", "",
+             f"to tune any recipe (held out).", "",
              "Speed: median of the timed rounds (each variant in its own process, passes interleaved), as a ratio to "
              "sentence-transformers and to fastembed from the same run. Fidelity: against sentence-transformers' "
              "PyTorch output on the same folder.", "",
+             *_calibration_lines(res),
              "Versions: " + ", ".join(f"{k} {v}" for k, v in res["packages"].items() if v)
              + (f"; fastembed venv: {res['fastembed_env']}" if res.get("fastembed_env") else ""), ""]
     for kind in KINDS:
@@ -405,11 +515,16 @@ def markdown(res: dict[str, Any]) -> str:
             continue
         k = res["kinds"][kind]
         rows = sorted(k["variants"].items(), key=lambda kv: -kv[1]["median_per_s"])
+        carried = k.get("carried_over")
+        note = ([f"Not measured in this run: carried over from the run of {carried['created']} (`{carried['command']}`"
+                 f"{', artifacts exported by bertship ' + carried['bertship_commit'][:12] if carried.get('bertship_commit') else '; bertship commit not recorded'}"
+                 f"){'. ' + carried['note'] if carried.get('note') else ''}.", ""] if carried else [])
         if kind == "rerank":
-            lines += ["## Rerank (cross-encoder)", "",
+            lines += ["## Rerank (cross-encoder)", "", *note,
                       "| variant | pairs/s | × sentence-transformers | × fastembed | top-1 agreement (all) | "
-                      "top-1 (decisive) | Kendall tau mean / min | max abs score diff | faithful |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "top-1 (decisive) | Kendall tau mean / min | max abs score diff | faithful | int8-mixed search: "
+                      "groups kept in float (search set: all quantized → final) | export s |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
             for name, r in rows:
                 f = r["fidelity"]
                 dec = (f"{f['top1_agreement_decisive']:.3f} of {f['decisive_queries']}"
@@ -417,9 +532,10 @@ def markdown(res: dict[str, Any]) -> str:
                 lines.append(f"| {name} | {r['median_per_s']:.0f} | {r['x_sentence_transformers']:.2f} | "
                              f"{_x(r['x_fastembed'])} | {f['top1_agreement']:.3f} ({f['top1_misses']} missed) | {dec} | "
                              f"{f['kendall_tau_mean']:.4f} / {f['kendall_tau_min']:.4f} | "
-                             f"{f['max_abs_score_diff']:.2e} | {'yes' if r['faithful'] else 'no'} |")
+                             f"{f['max_abs_score_diff']:.2e} | {'yes' if r['faithful'] else 'no'} | "
+                             f"{_search(r.get('search'))} | {r.get('export_s', '—')} |")
         else:
-            lines += ["## Sparse (SPLADE)", "",
+            lines += ["## Sparse (SPLADE)", "", *note,
                       "| variant | texts/s | × sentence-transformers | × fastembed | cosine mean | cosine p1 | cosine min "
                       "| top-10 terms mean / min | active terms (ref) | query top-1 doc | faithful |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -436,19 +552,62 @@ def markdown(res: dict[str, Any]) -> str:
         if s["fastest_faithful"]:
             fe = (f"{s['x_fastembed']:.2f}× fastembed (aim {AIM['x_fastembed']}×: "
                   f"{'met' if s['aim_fastembed_met'] else 'missed'})" if s.get("x_fastembed") else "fastembed not run")
+            srch = k["variants"][s["fastest_faithful_int8"]].get("search") if s["fastest_faithful_int8"] else None
+            int8 = (f"{s['fastest_faithful_int8']} at {s['int8_x_sentence_transformers']:.2f}× sentence-transformers, "
+                    f"{_x(s['int8_x_fastembed'])}× fastembed"
+                    + (f" ({srch['float_groups']} of its {srch['groups']} groups kept in float)" if srch else "")
+                    if s["fastest_faithful_int8"] else "none")
             lines.append(f"Fastest faithful bertship artifact ({crit}): **{s['fastest_faithful']}** at "
                          f"**{s['x_sentence_transformers']:.2f}×** sentence-transformers (aim {AIM['x_st']}×: "
-                         f"{'met' if s['aim_st_met'] else 'missed'}), **{fe}**. Fastest faithful int8: "
-                         f"{s['fastest_faithful_int8'] or 'none'}.")
+                         f"{'met' if s['aim_st_met'] else 'missed'}), **{fe}**. Fastest faithful int8: {int8}.")
         else:
             lines.append(f"No bertship artifact is faithful ({crit}).")
+        mostly_float = [(n, r["search"]) for n, r in rows if r.get("search")
+                         and r["search"]["float_groups"] >= 0.9 * (r["search"]["groups"] or 1)]
+        if mostly_float:
+            lines.append("int8 in name only: " + "; ".join(
+                f"{n} keeps {sr['float_groups']} of {sr['groups']} groups in float" for n, sr in mostly_float)
+                + " — int8-mixed's search found no smaller set that keeps its target on the search queries.")
+        if kind == "rerank" and s.get("fastest_faithful_decisive"):
+            bd = s["fastest_faithful_decisive"]
+            lines.append(f"Judged on the decisive queries only (the gate's rule): fastest with top-1 agreement ≥ "
+                         f"{AIM['top1']} there: {bd['name']} at {bd['x_sentence_transformers']:.2f}× sentence-"
+                         f"transformers, {_x(bd['x_fastembed'])}× fastembed.")
+        if kind == "rerank":
+            ref = k["variants"][ST_NAME[kind]]["fidelity"]
+            lines.append(f"The random head leaves close calls: the reference's two best documents are a median "
+                         f"{100 * ref['top_gap_median']:.1f} % of the query's score range apart; the gate's "
+                         f"'decisive' queries are those ≥ 5 % apart.")
+            for name, r in rows:
+                miss = r["fidelity"]["missed_top_gaps"]
+                if miss:
+                    lines.append(f"- {name}: top-1 changed on {len(miss)} quer{'y' if len(miss) == 1 else 'ies'} whose top two were "
+                                 + ", ".join(f"{100 * g:.1f}" for g in sorted(miss)) + " % of the range apart")
         for name, why in k.get("refused", {}).items():
-            lines.append(f"- refused by the gate: {name} (exit {why['rc']}): "
-                         + (why.get("message") or "").replace("\n", " ")[-400:])
+            msg = (why.get("message") or "").replace("\n", " ")
+            msg = msg[msg.find("bertship: error"):] if "bertship: error" in msg else msg[-400:]
+            lines.append(f"- refused by the gate: {name} (exit {why['rc']}): {msg}")
         lines.append("")
     for kind, why in res.get("not_run", {}).items():
         lines.append(f"- not run: {kind}: {why}")
     return "\n".join(lines) + "\n"
+
+
+def _search(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "—"
+    return (f"{s['float_groups']} of {s['groups']} ({s['metric']} {s['all_quantized']:.3f} → {s['final']:.3f}, "
+            f"target {s['target']})")
+
+
+def _calibration_lines(res: dict[str, Any]) -> list[str]:
+    c = (res.get("calibration") or {}).get("rerank")
+    if not c:
+        return []
+    return [f"Tuned rerank variants (a user tuning honestly): `--min-rank-agreement 1.0`, alone or with `--calibration` = "
+            f"a .jsonl of {c['pairs']} (query, document) pairs ({c['queries']} queries × {c['per_query']} documents) "
+            f"built like the held-out pairs but from the **MR {c['split']} split** ({c['source']}); the reported "
+            f"queries and documents stay held out.", ""]
 
 
 def _x(v: float | None) -> str:
@@ -470,12 +629,14 @@ def plot(res: dict[str, Any], path: Path) -> Path | None:
         key, label, aim = (("top1_agreement", "top-1 agreement with sentence-transformers (all queries)", AIM["top1"])
                            if kind == "rerank" else
                            ("cosine_min", "lowest per-text cosine vs sentence-transformers", AIM["cosine"]))
-        for name, r in res["kinds"][kind]["variants"].items():
+        ranked = sorted(res["kinds"][kind]["variants"].items(), key=lambda kv: kv[1]["x_sentence_transformers"])
+        for i, (name, r) in enumerate(ranked):
             x = r["fidelity"][key]
             color = "C0" if name.startswith("bertship") else ("C2" if name.startswith("fastembed") else "C1")
             ax.scatter(x, r["x_sentence_transformers"], color=color, marker="o" if r["faithful"] else "x")
             short = name.replace("bertship ", "").split(" (")[0]
-            ax.annotate(short, (x, r["x_sentence_transformers"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(short, (x, r["x_sentence_transformers"]), fontsize=6, xytext=(4, 3 if i % 2 else -8),
+                        textcoords="offset points")  # alternate above / below: neighbours at one speed stay legible
         ax.axvline(aim, color="green", lw=0.8, ls="--")
         ax.axhline(AIM["x_st"], color="green", lw=0.8, ls="--")
         ax.axhline(1.0, color="grey", lw=0.8)
@@ -496,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--passes", type=int, default=2, help="interleaved passes over the variants")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds per worker process")
-    parser.add_argument("--queries", type=int, default=N_QUERIES)
+    parser.add_argument("--queries", type=int, default=N_QUERIES, help="rerank queries (each with 32 documents)")
+    parser.add_argument("--sparse-texts", type=int, default=SPARSE_TEXTS, help="texts for sparse (queries included)")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--rebuild", action="store_true", help="delete the models and artifacts of earlier runs")
     parser.add_argument("--report-only", action="store_true", help="re-render the .md and .png from the JSON in --out")
@@ -516,13 +678,19 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     kinds = [k for k in args.kinds.split(",") if k]
     _log("texts …")
-    data = dataset(args.queries)
-    data_file = WORK / f"data-{args.queries}.json"
+    data = dataset(args.queries, DOCS_PER_QUERY, args.sparse_texts)
+    data_file = WORK / f"data-{args.queries}-{args.sparse_texts}.json"
     data_file.write_text(json.dumps(data), encoding="utf-8")
     _log(f"  {len(data['queries'])} queries × {DOCS_PER_QUERY} documents, {len(data['sparse_texts'])} sparse texts")
+    calibration = None
+    if "rerank" in kinds and TUNED.get("rerank"):
+        calibration = calibration_pairs(data, WORK / "calibration" / f"rerank-{CALIB_SPLIT}-{CALIB_QUERIES}x{CALIB_DOCS}.jsonl")
+        _log(f"  calibration pairs for the tuned rerank variants: {calibration['queries']} queries × "
+             f"{calibration['per_query']} documents of the MR {CALIB_SPLIT} split -> {calibration['file']}")
     _log("models …")
     folders = build_models(WORK / "models")
-    built, refused = build_artifacts({k: folders[k] for k in kinds}, WORK / "artifacts")
+    built, refused = build_artifacts({k: folders[k] for k in kinds}, WORK / "artifacts",
+                                     Path(calibration["file"]) if calibration else None)
     fe_onnx = build_fastembed({k: folders[k] for k in kinds}, WORK / "fastembed")
     fe_py, fe_env = fastembed_python()
     not_run = {} if fe_py else {"fastembed": fe_env}
@@ -534,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, info in built.get(kind, {}).items():
             variants[name] = {"tool": "bertship", **info}
         results = measure(kind, variants, data_file, args.passes, args.rounds)
+        for name, r in results.items():
+            if variants[name]["tool"] == "bertship":
+                r["search"] = search_record(variants[name]["path"])
         fidelity(kind, results, data)
         summary = summarize(kind, results)
         res_kinds[kind] = {"variants": results, "summary": summary, "refused": refused.get(kind, {}),
@@ -553,7 +724,17 @@ def main(argv: list[str] | None = None) -> int:
                  "pairs": sum(len(g) for g in data["groups"]), "documents": len(data["documents"]),
                  "sparse_texts": len(data["sparse_texts"]), "source": data["source"]},
         "kinds": res_kinds, "not_run": not_run, "minutes": (time.time() - start) / 60,
+        "bertship_commit": bertship_commit(), "calibration": {"rerank": calibration} if calibration else {},
     }
+    earlier = args.out / "retrieval.json"
+    if earlier.exists():  # kinds not run this time keep the results of the run that measured them, marked as such
+        old = json.loads(earlier.read_text())
+        for kind in KINDS:
+            if kind not in res_kinds and kind in old.get("kinds", {}):
+                res["kinds"][kind] = {**old["kinds"][kind],
+                                      "carried_over": old["kinds"][kind].get("carried_over")
+                                      or {"created": old["created"], "command": old["command"],
+                                          "bertship_commit": old.get("bertship_commit")}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "retrieval.json").write_text(json.dumps(res, indent=1) + "\n")
     (args.out / "retrieval.md").write_text(markdown(res))
