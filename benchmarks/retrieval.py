@@ -214,14 +214,18 @@ def build_models(root: Path) -> dict[str, Path]:
     return out
 
 
+BERTSHIP_CODE = ("exporter", "runtimes", "profiles", "bench", "src", "pyproject.toml")
+
+
 def bertship_commit() -> str:
-    """The last commit touching bertship itself (anything but benchmarks/), '+dirty' when its files are modified: the
-    key under which exported artifacts are cached, so that a changed exporter or gate re-exports them."""
+    """The last commit touching bertship's code (BERTSHIP_CODE), '+dirty' when those files are modified: the key
+    under which exported artifacts are cached, so that a changed exporter or gate re-exports them (docs, tests and
+    benchmarks do not)."""
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "log", "-1", "--format=%H", "--", ".", ":!benchmarks"], cwd=root,
+        head = subprocess.run(["git", "log", "-1", "--format=%H", "--", *BERTSHIP_CODE], cwd=root,
                               capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *BERTSHIP_CODE],
                                cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (subprocess.CalledProcessError, OSError):
@@ -498,7 +502,9 @@ def markdown(res: dict[str, Any]) -> str:
     d = res["data"]
     lines = [f"Machine: {cpu['model']} ({cpu['arch']}, {cpu['cores']} cores; {' '.join(cpu['flags'])}; CPU class "
              f"{res['cpu_class']}), {res['threads']} threads, batch {res['batch']}; {res['created']}; "
-             f"`{res['command']}` ({res['minutes']:.0f} min).", "",
+             f"`{res['command']}` ({res['minutes']:.0f} min)"
+             + (f"; artifacts exported by bertship {res['bertship_commit']}" if res.get("bertship_commit") else "")
+             + ".", "",
              f"Models: MiniLM-sized (all-MiniLM-L6-v2's encoder weights and tokenizer) with random seeded heads — "
              f"reranker: one-logit classification head + Sigmoid; SPLADE: MLM head (random transform, decoder tied "
              f"to the word embeddings, bias {res['splade_bias']}). Texts: {d['queries']} queries × {d['per_query']} "
@@ -673,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     from bertship.runtimes.cpuclass import flags_class
 
     start = time.time()
+    commit = bertship_commit()  # the bertship that exports this run's artifacts
     if args.rebuild and WORK.exists():
         shutil.rmtree(WORK)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -724,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
                  "pairs": sum(len(g) for g in data["groups"]), "documents": len(data["documents"]),
                  "sparse_texts": len(data["sparse_texts"]), "source": data["source"]},
         "kinds": res_kinds, "not_run": not_run, "minutes": (time.time() - start) / 60,
-        "bertship_commit": bertship_commit(), "calibration": {"rerank": calibration} if calibration else {},
+        "bertship_commit": commit, "calibration": {"rerank": calibration} if calibration else {},
     }
     earlier = args.out / "retrieval.json"
     if earlier.exists():  # kinds not run this time keep the results of the run that measured them, marked as such
