@@ -412,6 +412,11 @@ def search(
         entry["build"]["route"] = _route(backend, recipe)
     log(f"[bertship] fallback kept {len(kept)} of {len(table)} group(s) in float: {', '.join(kept) or 'none'}; "
         f"{', '.join(f'{k} {v:.4f}' for k, v in named(scores).items())}")
+    if len(kept) == len(table):
+        record["int8_in_name_only"] = True
+        log(f"[bertship] fallback every group stayed in float: this {backend} model computes no MatMul in int8 and "
+            "runs at about the float recipe's speed — export fp32 (or bf16) instead, or give calibration text "
+            "closer to your data")
     return entry, record
 
 

@@ -59,13 +59,15 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
                                            "max_drop": fb["max_drop"]}]:
             final = fb.get("final_scores", {}).get(o["metric"], fb["final"])
             full = fb.get("all_quantized_scores", {}).get(o["metric"], fb["all_quantized"])
-            limit = f"{o['max_drop']:.2%} drop" if o.get("max_drop") is not None else "--min-cosine"
+            limit = (f"{o['max_drop']:.2%} drop" if o.get("max_drop") is not None else
+                     "--min-rank-agreement" if o["metric"] == "rank_agreement" else "--min-cosine")
             lines.append(f"- {o['metric']}: fp32 {o['fp32']:.4f}, everything quantized {full:.4f}, limit "
                          f"{o['target']:.4f} ({limit}), final {final:.4f}")
         if fb.get("route"):
             lines.append(f"- quantization route kept: {fb['route']} (of {len(fb.get('routes', []))} measured)")
         lines.append(f"- kept in float (most sensitive first): {kept}" +
-                     (f" — {len(fb['kept_float'])} of {fb['groups']} groups" if fb.get("groups") else ""))
+                     (f" — {len(fb['kept_float'])} of {fb['groups']} groups" if fb.get("groups") else "")
+                     + (" (every group: no MatMul runs in int8)" if fb.get("int8_in_name_only") else ""))
     choice = manifest.get("auto")
     if choice:
         lines += ["", "## recipe auto: candidates", "", f"Winner: {choice['winner']['recipe']} on "

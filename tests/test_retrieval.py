@@ -249,6 +249,12 @@ def test_int8_recipes_pass_the_gate_on_the_task_target(folders, tmp_path, kind, 
     for report in model.manifest["fidelity"]["backends"].values():
         assert report["ranking"]["top1_agreement"] in (None, 1.0) or report["ranking"]["top1_agreement"] >= 0.9
     assert model.manifest["fidelity"]["tolerance"]["min_rank_agreement"] == 0.9
+    if kind == "ce":  # int8-mixed searched for the reranker's own target, and says so
+        from bertship.runtimes.inspect import describe
+
+        objectives = [o["metric"] for fb in model.manifest["fallback"].values() for o in fb["objectives"]]
+        assert set(objectives) == {"rank_agreement"}
+        assert "(--min-rank-agreement)" in describe(model.manifest, art)
 
 
 def test_a_budget_can_bound_the_rank_agreement():
