@@ -109,7 +109,8 @@ def read(root: Path) -> STFolder | None:
     legacy_ce = legacy_ce or config.get("sbert_ce_default_activation_function")
     if not modules_path.is_file():
         if meta.get("model_type") == "CrossEncoder" or legacy_ce:  # CrossEncoder folders before 5.x had no modules
-            return STFolder("CrossEncoder", activation=_activation(meta.get("activation_fn") or legacy_ce, root),
+            named = meta.get("activation_fn") or legacy_ce
+            return STFolder("CrossEncoder", activation=_activation(named, root) if named else None,
                             max_length=_max_length(root))
         return None
     kind = meta.get("model_type") or "SentenceTransformer"
@@ -153,7 +154,9 @@ def read(root: Path) -> STFolder | None:
         kind, found.get("pooling"), found.get("include_prompt", True), tuple(found["dense"]),
         found.get("normalize", False), {k: v for k, v in (meta.get("prompts") or {}).items() if isinstance(v, str)},
         meta.get("default_prompt_name"), int(truncate) if truncate else None, _max_length(root),
-        _activation(meta.get("activation_fn"), st_config) if kind == "CrossEncoder" else None, found.get("splade"))
+        # no activation named: sentence-transformers' default (Sigmoid for one label), chosen where the task is known
+        _activation(meta["activation_fn"], st_config) if kind == "CrossEncoder" and meta.get("activation_fn") else None,
+        found.get("splade"))
 
 
 def _max_length(root: Path) -> int | None:

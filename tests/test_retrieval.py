@@ -187,6 +187,12 @@ def test_rerank_reads_an_older_cross_encoder_and_refuses_a_multi_label_one(folde
     (old / "config.json").write_text(json.dumps(config))
     with pytest.raises(SourceError, match="never imports a checkpoint's own code"):
         load_folder(old)
+    unnamed = tmp_path / "unnamed"  # a folder that names no activation gets sentence-transformers' default
+    shutil.copytree(folders["ce"], unnamed)
+    meta = json.loads((unnamed / "config_sentence_transformers.json").read_text())
+    del meta["activation_fn"]
+    (unnamed / "config_sentence_transformers.json").write_text(json.dumps(meta))
+    assert load_folder(unnamed).settings["activation"] == "Sigmoid"
     with pytest.raises(UsageError, match="rerank needs a pair classifier with one logit"):
         load_folder(folders["hf"], task="rerank")  # the tiny classifier config has 3 labels
 
