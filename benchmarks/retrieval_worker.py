@@ -1,6 +1,6 @@
 """Rerank or sparse-encode the benchmark's texts with one tool in this process, the way an app calls it, timed.
 
-    python -m benchmarks.retrieval_worker --tool st|bertship|fastembed --kind rerank|sparse --model PATH
+    python -m benchmarks.retrieval_worker --tool st|bertship|fastembed --kind rerank|sparse|multi-vector --model PATH
         [--backend onnxruntime|openvino] --data DATA.json --out PREFIX [--threads 2] [--rounds 2]
 
 rerank: every query's documents in one call per query, batch 32 — sentence-transformers
@@ -15,6 +15,11 @@ batch_size=32)` (the SPLADE++ description, whose vocabulary and post-processing 
 local ONNX file by `specific_model_path`: fastembed 0.9.1 has no `add_custom_model` for sparse models). Rate: texts
 per second. Writes PREFIX.npz (offsets, indices, values of each text's vector, first timed round).
 
+multi-vector: the documents in one call, batch 32 — `SentenceTransformer.encode(texts, output_value="token_embeddings",
+batch_size=32)` L2-normalized per token (its Normalize module would touch only sentence_embedding),
+`load(ART).embed_multi(texts, batch_size=32)` (exported with --normalize); st and bertship only. Rate: documents per
+second. After the timing the queries are embedded too. Writes PREFIX.npz (documents_offsets, documents_vectors,
+queries_offsets, queries_vectors: each text's real tokens, first timed round).
 The fastembed tool runs under the separate venv's python (benchmarks/.cache/venv-fastembed), where neither bertship
 nor torch is installed: this file imports them only for the tools that need them. Prints one JSON object.
 """
@@ -151,10 +156,33 @@ def sparse_fn(tool: str, model_path: Path, backend: str | None, threads: int):
     raise SystemExit(f"unknown tool {tool}")
 
 
+def multi_fn(tool: str, model_path: Path, backend: str | None, threads: int):
+    """fn(texts) -> one float32 [tokens, dim] matrix per text (real tokens only), L2-normalized per token."""
+    if tool == "st":
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(threads)
+        model = SentenceTransformer(str(model_path), device="cpu")
+
+        def fn(texts):
+            out = model.encode(texts, output_value="token_embeddings", batch_size=BATCH, show_progress_bar=False)
+            # sentence-transformers 5.7's Normalize touches only sentence_embedding: normalize each token here
+            return [torch.nn.functional.normalize(t.float(), p=2.0, dim=-1).numpy() for t in out]
+
+        return fn, {"runtime": f"torch {torch.__version__}"}
+    if tool == "bertship":
+        from bertship.runtimes import load
+
+        m = load(model_path, backend=backend, threads=threads)
+        return (lambda texts: m.embed_multi(texts, batch_size=BATCH)), {"runtime": backend, "precision": m.precision}
+    raise SystemExit(f"no multi-vector for tool {tool}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.retrieval_worker")
     p.add_argument("--tool", required=True, choices=("st", "bertship", "fastembed"))
-    p.add_argument("--kind", required=True, choices=("rerank", "sparse"))
+    p.add_argument("--kind", required=True, choices=("rerank", "sparse", "multi-vector"))
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--backend", default=None)
     p.add_argument("--data", required=True, type=Path)
@@ -176,6 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         def warm():
             for q, docs in groups[:4]:
                 fn(q, docs)
+    elif args.kind == "multi-vector":
+        fn, info = multi_fn(args.tool, args.model, args.backend, args.threads)
+        texts = data["documents"]
+        n = len(texts)
+
+        def run():
+            return fn(texts)
+
+        def warm():
+            fn(texts[:64])
     else:
         fn, to_rows, info = sparse_fn(args.tool, args.model, args.backend, args.threads)
         texts = data["sparse_texts"]
@@ -197,7 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         loads.append(watch.foreign())
         if r == 0:
             first = out
-    if args.kind == "rerank":
+    if args.kind == "multi-vector":
+        parts = {"documents": first, "queries": fn(data["queries"])}  # the queries: after the timing
+        arrays = {}
+        for part, mats in parts.items():
+            arrays[f"{part}_offsets"] = np.concatenate([[0], np.cumsum([len(m) for m in mats])]).astype(np.int64)
+            arrays[f"{part}_vectors"] = np.concatenate([np.asarray(m, np.float32) for m in mats])
+        np.savez(f"{args.out}.npz", **arrays)
+    elif args.kind == "rerank":
         np.save(f"{args.out}.npy", np.concatenate(first).astype(np.float32))
     else:
         rows = to_rows(first)
