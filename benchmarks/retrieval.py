@@ -632,8 +632,7 @@ def markdown(res: dict[str, Any]) -> str:
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
             for name, r in rows:
                 f = r["fidelity"]
-                dec = (f"{f['top1_agreement_decisive']:.3f} of {f['decisive_queries']}"
-                       if f["top1_agreement_decisive"] is not None else "—")
+                dec = _decisive(f)
                 lines.append(f"| {name} | {r['median_per_s']:.0f} | {r['x_sentence_transformers']:.2f} | "
                              f"{_x(r['x_fastembed'])} | {f['top1_agreement']:.3f} ({f['top1_misses']} missed) | {dec} | "
                              f"{f['kendall_tau_mean']:.4f} / {f['kendall_tau_min']:.4f} | "
@@ -657,8 +656,7 @@ def markdown(res: dict[str, Any]) -> str:
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
             for name, r in rows:
                 f = r["fidelity"]
-                dec = (f"{f['top1_agreement_decisive']:.3f} of {f['decisive_queries']}"
-                       if f["top1_agreement_decisive"] is not None else "—")
+                dec = _decisive(f)
                 mism = f" ({f['token_shape_mismatches']} texts' token counts differ)" if f["token_shape_mismatches"] else ""
                 lines.append(f"| {name} | {r['median_per_s']:.0f} | {r['x_sentence_transformers']:.2f} | "
                              f"{_x(r['x_fastembed'])} | {f['token_cosine_min']:.5f} / {f['token_cosine_p1']:.5f}{mism} | "
@@ -749,6 +747,13 @@ def _calibration_lines(res: dict[str, Any]) -> list[str]:
             f"a .jsonl of {c['pairs']} (query, document) pairs ({c['queries']} queries × {c['per_query']} documents) "
             f"built like the held-out pairs but from the **MR {c['split']} split** ({c['source']}); the reported "
             f"queries and documents stay held out.", ""]
+
+
+def _decisive(f: dict) -> str:
+    """The top-1 agreement on decisive queries, with their count, for a table cell."""
+    if f["top1_agreement_decisive"] is None:
+        return "—"
+    return f"{f['top1_agreement_decisive']:.3f} of {f['decisive_queries']}"
 
 
 def _x(v: float | None) -> str:

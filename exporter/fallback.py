@@ -177,9 +177,9 @@ class Objective:
         return cls(scorer, (1 - max_drop) * scorer.fp32, max_drop)
 
     def describe(self) -> str:
-        limit = f"{self.max_drop:.2%} drop" if self.max_drop is not None else \
-            "--min-rank-agreement" if self.scorer.metric == "rank_agreement" else "--min-cosine"
-        return f"{self.scorer.metric} ≥ {self.target:.4f} ({limit})"
+        from bertship.runtimes.retrieval import limit_flag
+
+        return f"{self.scorer.metric} ≥ {self.target:.4f} ({limit_flag(self.scorer.metric, self.max_drop)})"
 
 
 @dataclass(frozen=True)

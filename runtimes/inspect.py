@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cpuclass
+from .retrieval import limit_flag
 
 
 def _mb(n: int) -> str:
@@ -59,8 +60,7 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
                                            "max_drop": fb["max_drop"]}]:
             final = fb.get("final_scores", {}).get(o["metric"], fb["final"])
             full = fb.get("all_quantized_scores", {}).get(o["metric"], fb["all_quantized"])
-            limit = (f"{o['max_drop']:.2%} drop" if o.get("max_drop") is not None else
-                     "--min-rank-agreement" if o["metric"] == "rank_agreement" else "--min-cosine")
+            limit = limit_flag(o["metric"], o.get("max_drop"))
             lines.append(f"- {o['metric']}: fp32 {o['fp32']:.4f}, everything quantized {full:.4f}, limit "
                          f"{o['target']:.4f} ({limit}), final {final:.4f}")
         if fb.get("route"):

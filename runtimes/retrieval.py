@@ -16,6 +16,13 @@ TOP_TERMS = 10  # the sparse check compares each text's 10 heaviest vocabulary t
 QUERIES = 8  # sparse and multi-vector rank every golden text against the first QUERIES of them
 
 
+def limit_flag(metric: str, max_drop: float | None) -> str:
+    """How a search objective's limit was given, for logs and reports: a drop, --min-rank-agreement or --min-cosine."""
+    if max_drop is not None:
+        return f"{max_drop:.2%} drop"
+    return "--min-rank-agreement" if metric == "rank_agreement" else "--min-cosine"
+
+
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
     """Kendall's tau-a between two score lists of one query (1.0: same order; pairs tied in `a` are skipped)."""
     i, j = np.triu_indices(len(a), 1)
