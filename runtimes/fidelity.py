@@ -123,13 +123,17 @@ def text_vectors(task: str, outputs: list[dict[str, Any]], outs: dict[str, np.nd
     """One float64 vector per text of a batch, as the artifact is used: the sentence embedding; the mean-pooled hidden
     states of a feature-extraction model (what `embed` returns); otherwise every output's values on the text's real
     tokens (or its row of logits), concatenated — or, with `pooled`, their mean over the real tokens (a fixed-size
-    summary, small enough to store for every sequence length)."""
+    summary, small enough to store for every sequence length). A multi-vector text stays its [tokens, dim] matrix
+    unpooled: what MaxSim reads is each token's vector, and `cosines` judges each of them."""
     if task == "sentence-embedding":
         return list(np.asarray(outs["sentence_embedding"], dtype=np.float64))
     if task == "feature-extraction":
         hidden = np.asarray(outs["last_hidden_state"], dtype=np.float64)
         m = mask.astype(np.float64)[:, : hidden.shape[1], None]
         return list((hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9))
+    if task == "multi-vector" and not pooled:
+        tokens = np.asarray(outs[outputs[0]["name"]], dtype=np.float64)
+        return [tokens[i, :n] for i, n in enumerate(mask.astype(bool).sum(1))]
     rows = []
     lengths = mask.astype(bool).sum(1)
     for i in range(mask.shape[0]):
@@ -144,12 +148,25 @@ def text_vectors(task: str, outputs: list[dict[str, Any]], outs: dict[str, np.nd
 
 
 def cosines(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
-    """Cosine of each pair of vectors (1.0 for two equal zero vectors, 0.0 for one zero vector)."""
+    """Cosine of each pair of vectors (1.0 for two equal zero vectors, 0.0 for one zero vector). A pair of [tokens,
+    dim] matrices (a multi-vector text) gets its lowest row's cosine; matrices of different shapes get 0.0."""
     out = np.empty(len(a))
     for i, (x, y) in enumerate(zip(a, b)):
+        if np.ndim(x) == 2 or np.ndim(y) == 2:
+            out[i] = token_cosines(x, y).min(initial=1.0) if np.shape(x) == np.shape(y) else 0.0
+            continue
         denom = np.linalg.norm(x) * np.linalg.norm(y)
         out[i] = 1.0 if denom == 0 and np.array_equal(x, y) else float(x @ y / denom) if denom else 0.0
     return out
+
+
+def token_cosines(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The cosine of each row of x with the same row of y (1.0 for two equal zero rows, 0.0 for one zero row)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    nx, ny = np.linalg.norm(x, axis=-1), np.linalg.norm(y, axis=-1)
+    denom = nx * ny
+    same_zero = (nx == 0) & (ny == 0)
+    return np.where(denom > 0, (x * y).sum(-1) / np.where(denom > 0, denom, 1.0), np.where(same_zero, 1.0, 0.0))
 
 
 def tail(values: np.ndarray, texts: list[str], worst: int = 5) -> dict[str, Any]:

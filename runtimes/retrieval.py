@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .fidelity import token_cosines
 from .tasks import maxsim
 
 RETRIEVAL_TASKS = ("rerank", "sparse-embedding", "multi-vector")
@@ -69,13 +70,6 @@ def top_terms_overlap(ref: list[np.ndarray], got: list[np.ndarray], k: int = TOP
     return np.array(out)
 
 
-def token_cosines(ref: list[np.ndarray], got: list[np.ndarray]) -> np.ndarray:
-    """The cosine of every token's vector with its reference, over all texts ([tokens, dim] matrices)."""
-    r, g = np.concatenate(ref).astype(np.float64), np.concatenate(got).astype(np.float64)
-    denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
-    return np.where(denom > 0, (r * g).sum(1) / np.maximum(denom, 1e-30), 1.0)
-
-
 def score_groups(score, ref: list[np.ndarray], got: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each of the first QUERIES texts as a query against every other text, scored by `score(query, document)`."""
     groups = []
@@ -86,9 +80,9 @@ def score_groups(score, ref: list[np.ndarray], got: list[np.ndarray]) -> list[tu
 
 
 def retrieval_checks(task: str, texts: list[str], ref: list[np.ndarray], arrangements: list[list[np.ndarray]],
-                     limit: float | None, width: int) -> tuple[dict[str, Any], list[str]]:
+                     limit: float | None) -> tuple[dict[str, Any], list[str]]:
     """The task's own checks on the golden texts: `ref` holds each text's reference vector (text_vectors, unpooled:
-    a multi-vector text's token vectors of `width` each, flattened), `arrangements` the artifact's in each arrangement
+    a multi-vector text's [tokens, dim] matrix), `arrangements` the artifact's in each arrangement
     that was run (batched, alone, other batch-mates). Each judged number is the worst over the arrangements; `limit`
     is --min-rank-agreement (None: reported, not judged)."""
     report: dict[str, Any] = {}
@@ -106,12 +100,10 @@ def retrieval_checks(task: str, texts: list[str], ref: list[np.ndarray], arrange
             failures.append(f"sparse top-{TOP_TERMS} terms: mean overlap with PyTorch {overlap.mean():.4f} < "
                             f"--min-rank-agreement {limit} (lowest {overlap.min():.2f}, text {texts[int(overlap.argmin())]!r})")
     elif task == "multi-vector":
-        mats = [[v.reshape(-1, width) for v in got] for got in arrangements]
-        ref_m = [v.reshape(-1, width) for v in ref]
-        cos = np.concatenate([token_cosines(ref_m, got) for got in mats])
-        report["token_cosine"] = {"tokens": int(len(cos) // len(mats)), "cosine_min": float(cos.min()),
+        cos = np.concatenate([token_cosines(np.concatenate(ref), np.concatenate(got)) for got in arrangements])
+        report["token_cosine"] = {"tokens": int(len(cos) // len(arrangements)), "cosine_min": float(cos.min()),
                                   "cosine_p1": float(np.percentile(cos, 1))}
-        report["ranking"] = _worst([ranking(score_groups(maxsim, ref_m, got)) for got in mats])
+        report["ranking"] = _worst([ranking(score_groups(maxsim, ref, got)) for got in arrangements])
     rank = report.get("ranking")
     if limit is not None and rank and rank["top1_agreement"] is not None and rank["top1_agreement"] < limit:
         failures.append(f"ranking: top-1 agreement with PyTorch {rank['top1_agreement']:.4f} < --min-rank-agreement "

@@ -135,8 +135,8 @@ def judge(manifest: dict[str, Any], expected: dict[str, Any], got: dict[str, np.
                    for a, b in zip(served, expected["vectors"]))
         report = {"output": name, "max_abs_diff": diff, "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
         if cos.min() < tol.min_cosine:
-            failures.append(f"{name}: lowest per-text cosine {cos.min():.6f} < {tol.min_cosine} against the golden "
-                            "outputs")
+            what = "per-text cosine" if task == "sparse-embedding" else "per-token cosine"
+            failures.append(f"{name}: lowest {what} {cos.min():.6f} < {tol.min_cosine} against the golden outputs")
     elif task == "question-answering":
         spans = expected["spans"]
         scores = np.asarray(got["SCORE"], dtype=np.float64).reshape(-1)
@@ -162,9 +162,9 @@ def judge(manifest: dict[str, Any], expected: dict[str, Any], got: dict[str, np.
 
 def _served_vectors(task: str, got: dict[str, Any], width: int) -> list[np.ndarray]:
     """Per text, what text_vectors gives for the task, from the served rows: the sparse vector made dense over the
-    vocabulary (`width` ids), or the token vectors flattened."""
+    vocabulary (`width` ids), or the [tokens, dim] matrix."""
     if task == "multi-vector":
-        return [np.asarray(m[:n], np.float64).ravel() for m, n in zip(got["TOKEN_EMBEDDINGS"],
+        return [np.asarray(m[:n], np.float64) for m, n in zip(got["TOKEN_EMBEDDINGS"],
                                                                      np.asarray(got["TOKENS"]).reshape(-1))]
     rows = [json.loads(b.decode("utf-8")) for b in np.asarray(got["SPARSE"]).reshape(-1)]
     out = []

@@ -225,9 +225,7 @@ def usage_checks(
         failures.append(f"lowest per-text cosine {per_text[i]:.6f} < --min-cosine {tolerance.min_text_cosine} "
                         f"(text {texts[i]!r})")
     if task in RETRIEVAL_TASKS:
-        width = int(gots[0][outputs[0]["name"]].shape[-1])
-        extra, failed = retrieval_checks(task, texts, ref, [batched, single, other], tolerance.min_rank_agreement,
-                                         width)
+        extra, failed = retrieval_checks(task, texts, ref, [batched, single, other], tolerance.min_rank_agreement)
         report.update(extra)
         failures += failed
     if tolerance.min_batch_cosine is not None and invariance.min() < tolerance.min_batch_cosine:

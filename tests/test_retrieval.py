@@ -240,7 +240,7 @@ def test_ranking_checks_catch_a_changed_order():
     texts = ["q1"] * 4 + ["q2"] * 4
     both = [np.array([v]) for v in np.concatenate([ref, ref])]
     wrong = [np.array([v]) for v in np.concatenate([swapped, ref])]
-    report, failures = retrieval_checks("rerank", texts, both, [both, wrong], 0.9, 1)
+    report, failures = retrieval_checks("rerank", texts, both, [both, wrong], 0.9)
     assert report["ranking"]["top1_agreement"] == 0.5 and "top-1 agreement" in failures[0]
     sparse = [np.array([0, 3.0, 2.0, 1.0, 0]), np.array([1.0, 0, 0, 0, 2.0])]
     assert top_terms_overlap(sparse, sparse, k=2).tolist() == [1.0, 1.0]
@@ -261,6 +261,11 @@ def test_int8_recipes_pass_the_gate_on_the_task_target(folders, tmp_path, kind):
     # the search's target is the task's own: each query's order for a reranker, every text's cosine for vectors
     objectives = {o["metric"] for fb in model.manifest["fallback"].values() for o in fb["objectives"]}
     assert objectives == ({"rank_agreement"} if kind == "ce" else {"min_cosine"})
+    if kind == "colbert":  # every token of every golden text is judged, not the text's vectors taken together
+        limit = model.manifest["fidelity"]["tolerance"]["min_text_cosine"]
+        for report in model.manifest["fidelity"]["backends"].values():
+            assert report["token_cosine"]["cosine_min"] >= limit and report["tail"]["cosine_min"] >= limit
+            assert report["tail"]["cosine_min"] == pytest.approx(report["token_cosine"]["cosine_min"])
     if kind == "ce":
         from bertship.runtimes.inspect import describe
 

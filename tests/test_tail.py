@@ -67,6 +67,23 @@ def test_text_vectors_pool_like_embed():
     assert cosines([np.zeros(2)], [np.zeros(2)]).tolist() == [1.0]
 
 
+def test_a_multi_vector_text_is_judged_by_its_worst_token():
+    # two texts of 3 and 1 real tokens; the second token of the first is turned 90° in the artifact: its text's
+    # vectors taken together still have a cosine of 2/3, but MaxSim reads that token alone
+    ref = np.array([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [[2.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    got = ref.copy()
+    got[0, 1] = [1.0, 0.0]
+    mask = np.array([[1, 1, 1], [1, 0, 0]])
+    outputs = [{"name": "token_embeddings", "axes": ["batch", "sequence", "hidden"]}]
+    r = text_vectors("multi-vector", outputs, {"token_embeddings": ref}, mask)
+    g = text_vectors("multi-vector", outputs, {"token_embeddings": got}, mask)
+    assert [v.shape for v in r] == [(3, 2), (1, 2)]  # padding left out, each token its own row
+    assert cosines(g, r).tolist() == [0.0, 1.0]
+    assert cosines([g[0]], [g[0][:2]]).tolist() == [0.0]  # a token missing or extra is never a match
+    # pooled (the length sweep's summary): the mean of the real tokens
+    assert text_vectors("multi-vector", outputs, {"token_embeddings": ref}, mask, pooled=True)[1].tolist() == [2.0, 0.0]
+
+
 class _BatchScaled:
     """A runner whose output depends on the batch: each row scaled by the batch's largest id (like one activation
     scale per batch), plus a direction that moves with it."""
