@@ -199,6 +199,33 @@ class RankScorer:
         agreement = ranking(list(zip(self.reference, got)))["top1_agreement"]
         return 1.0 if agreement is None else agreement
 
+    def signal(self) -> "RankSignal":
+        """What groups are ranked on for this objective: top-1 agreement moves in steps of one query, and freeing one
+        group rarely moves a query across, so most groups would measure 0 and the order would be arbitrary."""
+        return RankSignal(self.feeds, self.reference)
+
+
+@dataclass(frozen=True)
+class RankSignal:
+    """Per query group, 1 - the RMS error of the artifact's scores over the group's reference score range: a
+    continuous measure of how far the scores moved, to rank groups for a RankScorer (never a target itself)."""
+
+    feeds: list[dict[str, np.ndarray]]
+    reference: list[np.ndarray]
+    metric: str = "rank_score_error"
+    fp32: float = 1.0
+
+    def per_text(self, runner) -> np.ndarray:
+        out = []
+        for f, ref in zip(self.feeds, self.reference):
+            got = _first(runner.run(f))[:, 0].astype(np.float64)
+            spread = max(float(ref.max() - ref.min()), 1e-12)
+            out.append(1.0 - float(np.sqrt(np.mean((got - ref) ** 2))) / spread)
+        return np.array(out)
+
+    def __call__(self, runner) -> float:
+        return float(self.per_text(runner).min())
+
 
 def make_rank_scorer(plain_onnx: Path, source, feeds: list[dict[str, np.ndarray]], texts: list[str] | None = None,
                      pairs: list[str] | None = None) -> RankScorer:
@@ -359,7 +386,7 @@ def search(
     kept: list[str] = []
     scores = full
     if margin(full) < 0:
-        ranking, rank = _ranking(objectives, full_texts)
+        ranking, stand_ins, rank = _ranking(objectives, full_texts)
         base = None
         start, every = time.perf_counter(), max(1, len(table) // 6)
         for done, name in enumerate(table, 1):
@@ -382,7 +409,7 @@ def search(
         early: dict[int, bool] = {}
 
         def holds(k: int) -> bool:
-            tried[k] = trial(ctx, [i for n in ranked[:k] for i in table[n]], first=ranking)
+            tried[k] = trial(ctx, [i for n in ranked[:k] for i in table[n]], first=stand_ins)
             early[k] = evaluations in stopped
             log(f"[bertship] fallback {k} group(s) in float: " + ", ".join(
                 f"{m} {v:.4f}" for m, v in named(tried[k]).items() if not np.isnan(v))
@@ -427,23 +454,31 @@ EARLY_STOP = True
 
 
 def _ranking(objectives: list[Objective], full_texts: dict[int, np.ndarray]):
-    """(the objectives groups are ranked on, how much a trial is worth under them). A tail objective is ranked on its
+    """(the objectives groups are ranked on, the cheaper stand-ins a trial may stop at, how much a trial is worth under
+    the ranking ones). A tail objective is ranked on its
     TAIL_SHARE worst texts and sweep lengths under full quantization, run alone (a subset scorer: ranking runs once per
     group), by their mean 1 - cosine; the minimum alone ranks badly, since the worst text is damaged by several groups
-    at once, so freeing any one of them barely moves it, while errors from different groups add up over the tail.
-    Other objectives count their score."""
-    ranking = []
+    at once, so freeing any one of them barely moves it, while errors from different groups add up over the tail;
+    the subset is also its stand-in (its minimum is at least the whole set's). A rank objective is ranked on its
+    continuous signal (RankSignal: mean score error over the queries), with no stand-in. Other objectives count their
+    score."""
+    ranking, stand_ins = [], []
     for i, o in enumerate(objectives):
         if i in full_texts and hasattr(o.scorer, "subset"):
             worst = np.argsort(full_texts[i])[: max(5, int(TAIL_SHARE * len(full_texts[i])))]
             ranking.append(replace(o, scorer=o.scorer.subset([int(k) for k in worst])))
+            stand_ins.append(ranking[-1])
+        elif hasattr(o.scorer, "signal"):
+            ranking.append(replace(o, scorer=o.scorer.signal()))
+            stand_ins.append(o)
         else:
             ranking.append(o)
+            stand_ins.append(o)
 
     def value(scores: list[float], per_text: dict[int, np.ndarray]) -> float:
         return sum(-float((1 - per_text[i]).mean()) if i in per_text else s for i, s in enumerate(scores))
 
-    return ranking, value
+    return ranking, stand_ins, value
 
 
 def _route(backend: str, recipe) -> dict[str, Any]:

@@ -334,3 +334,27 @@ def test_int8_mixed_ranks_the_calibration_files_queries_too(folders, artifacts):
     assert scorer(runner_class("onnxruntime")(graph, None, None)) == 1.0
     swapped = type(scorer)(scorer.feeds, [-r for r in scorer.reference])  # every order reversed
     assert swapped(runner_class("onnxruntime")(graph, None, None)) < 0.5
+
+
+def test_a_rerankers_groups_are_ranked_on_score_error_not_on_whole_queries():
+    """int8-mixed on a reranker: top-1 agreement moves in whole queries, so one group freed alone rarely changes it
+    and groups ranked on it would mostly tie at 0; they are ranked on each query's score error over its range."""
+    from bertship.exporter import fallback
+
+    feeds = [{"q": np.array([0])}, {"q": np.array([1])}]
+    reference = [np.array([0.0, 1.0, 2.0]), np.array([5.0, 1.0, 3.0])]
+
+    class Shifted:  # the second query's scores each 0.4 off: its order (top-1 included) unchanged
+        def run(self, feed):
+            out = reference[int(feed["q"][0])].copy()
+            return {"scores": (out + (0.4 if feed["q"][0] == 1 else 0.0) * np.array([1, -1, 1]))[:, None]}
+
+    scorer = fallback.RankScorer(feeds, reference)
+    assert scorer(Shifted()) == 1.0  # the step signal cannot see it
+    signal = scorer.signal()
+    assert signal.per_text(Shifted()) == pytest.approx([1.0, 1 - 0.4 / 4.0])
+    objective = fallback.Objective(scorer, 0.9)
+    ranking, stand_ins, value = fallback._ranking([objective], {})
+    assert isinstance(ranking[0].scorer, fallback.RankSignal) and stand_ins == [objective]
+    # a trial's worth under the ranking: minus the mean error over the queries
+    assert value([0.9], {0: signal.per_text(Shifted())}) == pytest.approx(-0.05)
