@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from bertship.runtimes.errors import EXIT_CODES, BackendMissingError, BertshipError
+from bertship.runtimes.errors import EXIT_CODES, BackendMissingError, BertshipError, UsageError
 
 
 def _exit_codes_text() -> str:
@@ -165,6 +165,27 @@ def _parser() -> argparse.ArgumentParser:
     ovm.add_argument("--name", default=None, help="model name (default: from the artifact folder)")
     ovm.add_argument("--force", action="store_true", help="replace an existing folder at --out")
     _check_options(ovm)
+
+    sv = sub.add_parser("serve", help="serve an artifact over HTTP on Ray Serve (OpenAI /v1/embeddings and task "
+                        "endpoints), in the foreground until Ctrl-C (torch-free)", epilog=_exit_codes_text(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sv.add_argument("artifact")
+    sv.add_argument("--engine", default="ray", choices=["ray"], help="the serving engine (default: %(default)s)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for "
+                    "every interface)")
+    sv.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    sv.add_argument("--replicas", type=int, default=1, help="model replicas (default: %(default)s)")
+    sv.add_argument("--threads", type=int, default=None, help="inference threads per replica (default: the cluster's "
+                    "CPUs / replicas)")
+    sv.add_argument("--backend", default=None, help="onnxruntime or openvino (default: the artifact's first)")
+    sv.add_argument("--address", default=None, help="join a running Ray cluster (default: $RAY_ADDRESS, else a local "
+                    "Ray instance)")
+    sv.add_argument("--name", default=None, help="model name in responses (default: the artifact folder's)")
+    sv.add_argument("--truncation", default="truncate", help="truncate (default) or error: a text past the max "
+                    "length gets 422 (a request may set its own)")
+    sv.add_argument("--max-batch-tokens", type=int, default=None, help="padded tokens per model run (default: 8192)")
+    sv.add_argument("--max-queue-tokens", type=int, default=None, help="tokens a replica holds before it answers 503 "
+                    "(default: 131072)")
 
     pf = sub.add_parser("profiles", help="list the device profiles, or show one and whether this machine fits it")
     pf.add_argument("action", nargs="?", choices=["show"], help="show NAME: print one profile")
@@ -391,6 +412,24 @@ def _check_deployment(args: argparse.Namespace, record: dict) -> None:
           f"{report['cpu_class']})")
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bertship.runtimes import server
+    from bertship.runtimes.service import Limits
+
+    limits = Limits()
+    for key, value in (("max_batch_tokens", args.max_batch_tokens), ("max_queue_tokens", args.max_queue_tokens)):
+        if value is not None:
+            if value < 1:
+                raise UsageError(f"--{key.replace('_', '-')} must be a positive integer, got {value}")
+            limits = replace(limits, **{key: value})
+    server.run(args.artifact, host=args.host, port=args.port, replicas=args.replicas, threads=args.threads,
+               backend=args.backend, address=args.address, name=args.name, limits=limits, truncation=args.truncation,
+               log=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0
+
+
 def _cmd_profiles(args: argparse.Namespace) -> int:
     from bertship.bench import commands
 
@@ -409,7 +448,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return commands.check(args)
 
 COMMANDS = {"export": _cmd_export, "verify": _cmd_verify, "inspect": _cmd_inspect, "recipes": _cmd_recipes, "eval": _cmd_eval,
-            "deploy": _cmd_deploy, "analyze": _cmd_analyze, "prune": _cmd_prune,
+            "deploy": _cmd_deploy, "serve": _cmd_serve, "analyze": _cmd_analyze, "prune": _cmd_prune,
             "profiles": _cmd_profiles, "bench": _cmd_bench, "check": _cmd_check}
 
 
