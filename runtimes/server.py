@@ -174,6 +174,7 @@ def _wait_for_signal() -> None:
 
 def _check_port(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: past old connections' TIME_WAIT
         try:
             sock.bind((host, port))
         except OSError as exc:
