@@ -227,14 +227,15 @@ class _per_thread:
 
 
 def measure(make: Callable[[], Client], texts: list[str], pairs: list[str] | None, clients: int,
-            requests: int) -> dict[str, Any]:
-    """`requests` one-text requests (the texts cycled) from `clients` concurrent clients: latency and throughput."""
+            requests: int, per_request: int = 1) -> dict[str, Any]:
+    """`requests` requests of `per_request` texts each (the texts cycled) from `clients` concurrent clients: latency
+    per request, requests/s and texts/s."""
     pool_client = _per_thread(make)
 
     def one(k: int) -> float:
-        i = k % len(texts)
+        idx = [(k * per_request + j) % len(texts) for j in range(per_request)]
         start = time.perf_counter()
-        pool_client().infer([texts[i]], [pairs[i]] if pairs else None)
+        pool_client().infer([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None)
         return time.perf_counter() - start
 
     try:
@@ -245,9 +246,10 @@ def measure(make: Callable[[], Client], texts: list[str], pairs: list[str] | Non
             wall = time.perf_counter() - start
     finally:
         pool_client.close_all()
-    return {"clients": clients, "requests": requests, "latency_ms_p50": float(np.percentile(latencies, 50) * 1e3),
+    return {"clients": clients, "requests": requests, "per_request": per_request,
+            "latency_ms_p50": float(np.percentile(latencies, 50) * 1e3),
             "latency_ms_p99": float(np.percentile(latencies, 99) * 1e3), "throughput_rps": requests / wall,
-            "wall_s": wall}
+            "texts_per_s": requests * per_request / wall, "wall_s": wall}
 
 
 def check_triton(root: str | Path, repository: str | Path, server_python: str | Path | None = None,

@@ -88,7 +88,11 @@ def application(path: str | Path, backend: str | None, threads: int, replicas: i
             if not self.service.ready():
                 return respond(error_reply(503, "the model thread has stopped — the replica is being replaced",
                                            "overloaded", {"Retry-After": str(RETRY_AFTER_S)}))
-            return respond(Reply(200, {"status": "ready", **self.service.describe()}))
+            import ray
+
+            return respond(Reply(200, {"status": "ready", **self.service.describe(),
+                                       "replica": {"pid": os.getpid(),
+                                                   "node_id": ray.get_runtime_context().get_node_id()}}))
 
         @api.get("/v1/models")
         def models(self) -> Response:

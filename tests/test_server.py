@@ -231,3 +231,60 @@ def test_sigterm_stops_the_server_and_every_process_it_started(server):
     with socket.socket() as s:  # the port is free again (for a new server: reuse past the clients' TIME_WAIT)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", server["port"]))
+
+
+def test_two_ray_nodes_on_localhost_serve_one_replica_each(minilm_artifact, tmp_path):
+    """The multi-node layout, on one machine: a head and a second node started by `ray start` as their own processes,
+    each with one CPU, then `bertship serve --address` with two one-thread replicas, which only fit one per node."""
+    ray_port, port = _free_port(), _free_port()
+    # Ray 2.60's `ray start --head` turns token authentication on (the token in ~/.ray/auth_token); every process
+    # that joins must say so (docs/serving.md)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    stop = [*ray_cli, "stop", "--force"]
+    try:
+        subprocess.run([*ray_cli, "start", "--head", f"--port={ray_port}", "--num-cpus=1", "--include-dashboard=false",
+                        "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+        subprocess.run([*ray_cli, "start", f"--address=127.0.0.1:{ray_port}", "--num-cpus=1"], env=env, check=True,
+                       capture_output=True, timeout=180)
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; from bertship.cli import main; sys.exit(main())",
+                                 "serve", str(minilm_artifact), "--address", f"127.0.0.1:{ray_port}", "--replicas", "2",
+                                 "--threads", "1", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            deadline, lines = time.monotonic() + READY_S, []
+            for line in proc.stderr:
+                lines.append(line)
+                if "serve: ready at" in line or time.monotonic() > deadline:
+                    break
+            assert "serve: ready at" in lines[-1], "".join(lines[-20:])
+            url = f"http://127.0.0.1:{port}"
+
+            def status() -> str:
+                out = subprocess.run([*ray_cli, "status", f"--address=127.0.0.1:{ray_port}"], env=env,
+                                     capture_output=True, text=True, timeout=60)
+                assert out.returncode == 0, out.stderr[-500:]
+                return out.stdout
+
+            # both replicas hold their CPU: with one CPU per node, one replica runs on each node (the proxy routes to
+            # its own node's replica first, so /ready alone would not show the other)
+            serving = status()
+            assert "2.0/2.0 CPU" in serving and serving.count(" node_") >= 2, serving
+            model = load(minilm_artifact)
+            r = httpx.post(url + "/v1/embeddings", json={"input": TEXTS}, timeout=60)
+            got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+            assert _cosines(got, model.embed(TEXTS)).min() > 0.99999
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(90) == 0
+            # the cluster keeps running without this application (it was joined, not started), its CPUs free again
+            deadline = time.monotonic() + 60
+            while "0.0/2.0 CPU" not in (after := status()) and time.monotonic() < deadline:
+                time.sleep(2)
+            assert "0.0/2.0 CPU" in after, after
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+    finally:
+        subprocess.run(stop, env=env, capture_output=True, timeout=120)
