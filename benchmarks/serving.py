@@ -235,7 +235,7 @@ def ray_data(art: Path, sentences: list[str]) -> dict[str, Any]:
 
     from bertship.runtimes.ray_data import Embed
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         results = {}

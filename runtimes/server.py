@@ -130,7 +130,9 @@ def run(path: str | Path, host: str = "127.0.0.1", port: int = 8000, replicas: i
     ray, serve = _imports()
     name = name or root.resolve().name
     log(f"[bertship] serve: starting Ray{' at ' + address if address else ' (local)'} …")
-    ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+    # "local": a new Ray instance of its own, even where `ray start` runs one here (ray.init() would join that, and
+    # stopping would then shut down that cluster's Serve)
+    ray.init(address=address or "local", include_dashboard=False, logging_level="ERROR", log_to_driver=False,
              **({} if address else {"num_cpus": os.cpu_count() or 1}))
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.slow]  # module fixtur
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray instance with 2 CPUs (2 workers), shut down after the module."""
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 

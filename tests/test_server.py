@@ -7,10 +7,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -242,10 +244,13 @@ def test_two_ray_nodes_on_localhost_serve_one_replica_each(minilm_artifact, tmp_
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
-    stop = [*ray_cli, "stop", "--force"]
+    # its own temp dir (short: Ray's socket paths must fit 107 bytes) names this cluster's processes, so they alone
+    # are stopped at the end: `ray stop` would stop every Ray instance on the machine, another test's too
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     try:
         subprocess.run([*ray_cli, "start", "--head", f"--port={ray_port}", "--num-cpus=1", "--include-dashboard=false",
-                        "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+                        "--disable-usage-stats", f"--temp-dir={temp}"], env=env, check=True, capture_output=True,
+                       timeout=180)
         subprocess.run([*ray_cli, "start", f"--address=127.0.0.1:{ray_port}", "--num-cpus=1"], env=env, check=True,
                        capture_output=True, timeout=180)
         proc = subprocess.Popen([sys.executable, "-c", "import sys; from bertship.cli import main; sys.exit(main())",
@@ -287,4 +292,29 @@ def test_two_ray_nodes_on_localhost_serve_one_replica_each(minilm_artifact, tmp_
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(30)
     finally:
-        subprocess.run(stop, env=env, capture_output=True, timeout=120)
+        _kill_matching(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _kill_matching(text: str) -> None:
+    """SIGKILL every process whose command line contains `text`, and their descendants (Ray's workers rename
+    themselves), and wait until they are gone (bounded)."""
+    for _ in range(3):
+        roots = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _alive(int(e.name))
+                 and text in _cmdline(int(e.name))]
+        pids = [p for p in {*roots, *(d for r in roots for d in _descendants(r))} if _alive(p)]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
