@@ -92,7 +92,8 @@ class MemoryNeedError(BertshipError):
 
 class ServeError(BertshipError):
     """Raised by `bertship deploy … --check` when the model server fails to start or to load the repository, or stops
-    answering while it is checked; names the server's log."""
+    answering while it is checked, and by `bertship serve` when Ray Serve cannot start the application; names the
+    server's log."""
 
     exit_code = 13
 
@@ -111,5 +112,6 @@ EXIT_CODES: dict[int, str] = {
     FusionError.exit_code: "graph optimization incomplete: an expected fused op is missing (names op and layers)",
     DestinationError.exit_code: "the output folder cannot be written (read-only place, a file in the way, disk full)",
     MemoryNeedError.exit_code: "not enough free memory for the export as estimated from the weights (names the need)",
-    ServeError.exit_code: "deploy --check: the model server failed to start, to load the repository, or to answer",
+    ServeError.exit_code: "deploy --check: the model server failed to start, to load the repository, or to answer; "
+                          "serve: Ray Serve could not start the application",
 }

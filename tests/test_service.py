@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import threading
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -47,17 +47,18 @@ def test_plan_sorts_by_length_and_keeps_both_budgets():
 
 
 def test_requests_that_arrive_while_a_batch_runs_are_batched_together_and_get_their_own_rows():
-    gate, calls = threading.Event(), []
+    gate, started, calls = threading.Event(), threading.Event(), []
 
     def run(encodings):
         calls.append([e.ids[0] for e in encodings])
+        started.set()
         gate.wait(5)
         return [e.ids[0] * 10 + len(e.ids) for e in encodings]
 
     b = TokenBatcher(run, max_batch_tokens=10_000, max_batch_size=64)
     try:
         first = b.submit([enc(3, 1)])
-        time.sleep(0.2)  # the model thread is now inside run() with the first request alone (no wait timer)
+        assert started.wait(5)  # the model thread runs the first request alone at once (no wait timer)
         later = [b.submit([enc(5 + k, 2 + k), enc(2, 2 + k)]) for k in range(4)]
         gate.set()
         assert first.result(5) == [13]
@@ -74,8 +75,7 @@ def test_a_full_queue_refuses_at_once_with_a_retry_time():
     gate = threading.Event()
     b = TokenBatcher(lambda e: (gate.wait(5), [0] * len(e))[1], max_queue_tokens=100)
     try:
-        running = b.submit([enc(60)])
-        time.sleep(0.1)
+        running = b.submit([enc(60)])  # counted from submit until its round ends
         with pytest.raises(Overloaded) as err:
             b.submit([enc(50)])
         assert err.value.retry_after >= 1 and "retry after" in str(err.value)
@@ -242,3 +242,24 @@ def test_each_task_endpoint_equals_the_in_process_method(task_artifact, task):
         assert status == 200 and body["usage"]["prompt_tokens"] > 0, body
     finally:
         service.close()
+
+
+def test_serve_refuses_bad_usage_before_starting_anything(task_artifact, tmp_path, capsys):
+    from bertship.cli import main
+
+    art = str(task_artifact("sentence-embedding"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for argv, code, needle in [
+            ([str(tmp_path / "none")], 5, "does not exist"),
+            ([art, "--backend", "tensorrt"], 2, "--backend 'tensorrt'"),
+            ([art, "--replicas", "0"], 2, "--replicas must be a positive integer"),
+            ([art, "--truncation", "cut"], 2, "--truncation"),
+            ([art, "--max-batch-tokens", "0"], 2, "--max-batch-tokens"),
+            ([art, "--port", str(port)], 2, f"cannot listen on 127.0.0.1:{port}"),
+        ]:
+            assert main(["serve", *argv]) == code, argv
+            err = capsys.readouterr().err
+            assert needle in err and "starting Ray" not in err, err
