@@ -44,9 +44,19 @@ TEXTS = [
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_ports(1)[0]
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct ports free now (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _descendants(pid: int) -> set[int]:
@@ -238,7 +248,10 @@ def test_sigterm_stops_the_server_and_every_process_it_started(server):
 def test_two_ray_nodes_on_localhost_serve_one_replica_each(minilm_artifact, tmp_path):
     """The multi-node layout, on one machine: a head and a second node started by `ray start` as their own processes,
     each with one CPU, then `bertship serve --address` with two one-thread replicas, which only fit one per node."""
-    ray_port, port = _free_port(), _free_port()
+    # every port a node would take by default is named: the OS's free port can be one of Ray's fixed defaults (CI
+    # once drew 52365, the dashboard agent's, and `ray start` refused it), and two nodes on one machine would both
+    # want the defaults
+    ray_port, port, client_port, head_agent, node_agent = _free_ports(5)
     # Ray 2.60's `ray start --head` turns token authentication on (the token in ~/.ray/auth_token); every process
     # that joins must say so (docs/serving.md)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -248,11 +261,11 @@ def test_two_ray_nodes_on_localhost_serve_one_replica_each(minilm_artifact, tmp_
     # are stopped at the end: `ray stop` would stop every Ray instance on the machine, another test's too
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     try:
-        subprocess.run([*ray_cli, "start", "--head", f"--port={ray_port}", "--num-cpus=1", "--include-dashboard=false",
-                        "--disable-usage-stats", f"--temp-dir={temp}"], env=env, check=True, capture_output=True,
-                       timeout=180)
-        subprocess.run([*ray_cli, "start", f"--address=127.0.0.1:{ray_port}", "--num-cpus=1"], env=env, check=True,
-                       capture_output=True, timeout=180)
+        _run([*ray_cli, "start", "--head", f"--port={ray_port}", "--num-cpus=1", "--include-dashboard=false",
+              "--disable-usage-stats", f"--temp-dir={temp}", f"--ray-client-server-port={client_port}",
+              f"--dashboard-agent-listen-port={head_agent}"], env=env, timeout=180)
+        _run([*ray_cli, "start", f"--address=127.0.0.1:{ray_port}", "--num-cpus=1",
+              f"--dashboard-agent-listen-port={node_agent}"], env=env, timeout=180)
         proc = subprocess.Popen([sys.executable, "-c", "import sys; from bertship.cli import main; sys.exit(main())",
                                  "serve", str(minilm_artifact), "--address", f"127.0.0.1:{ray_port}", "--replicas", "2",
                                  "--threads", "1", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True,
@@ -294,6 +307,11 @@ def test_two_ray_nodes_on_localhost_serve_one_replica_each(minilm_artifact, tmp_
     finally:
         _kill_matching(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _run(cmd: list[str], **kwargs) -> None:
+    out = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    assert out.returncode == 0, f"{' '.join(cmd[2:5])} failed:\n{out.stderr[-2000:]}"
 
 
 def _kill_matching(text: str) -> None:
