@@ -26,7 +26,7 @@ def run_gate(
     report: dict[str, Any] = {}
     for name, entry in manifest["backends"].items():
         start = time.perf_counter()
-        runner = backends.runner_class(name)(staging / entry["model"], threads, entry.get("options"))
+        runner = backends.open_runner(staging, entry, name, threads, entry.get("options"))
         loaded = time.perf_counter() - start
         report[name], failed = backend_checks(runner, manifest, feeds, refs, texts, sweep)
         report[name]["cpu_class"] = cpuclass.runtime_class(name)

@@ -37,6 +37,8 @@ class Source:
     info: dict[str, Any] = field(default_factory=dict)  # path, weights file(s) and sha256, for the manifest
     dense: list[Any] = field(default_factory=list)  # sentence-transformers Dense modules after pooling (or per token)
     settings: dict[str, Any] = field(default_factory=dict)  # the task's own settings, recorded in the manifest's task
+    exits: Any = None  # early exit (exporter.exits): the off-ramps module, its layers in exits_spec["layers"]
+    exits_spec: dict[str, Any] | None = None  # the folder's exits.json
 
     def release_weights(self) -> None:
         """Free the PyTorch weights once the graph and the references exist: later stages read only the config, and a
@@ -135,7 +137,27 @@ def load_folder(
                     {"path": str(root.resolve()), "model_type": raw.get("model_type"), **weights}, dense, settings)
     source.max_length = _max_length(source, max_length, st)
     _check_tokenizer(source)
+    _attach_exits(source, root)
     return source
+
+
+def _attach_exits(source: Source, root: Path) -> None:
+    """A classifier folder written by `bertship exits` brings its off-ramps: each becomes an output of the graph
+    (exit{L}_logits), and the folder's exits.json rides along into the manifest."""
+    from dataclasses import replace
+
+    from .exits import EXITS_FILE, RAMPS_FILE, read_exits
+    from .tasks import Output
+
+    if not (root / EXITS_FILE).exists() and not (root / RAMPS_FILE).exists():
+        return
+    if source.task.name != "sequence-classification":
+        return  # another task of the same checkpoint (e.g. its embeddings) does not use the off-ramps
+    ramps, spec = read_exits(root, source.model.config)
+    source.exits, source.exits_spec = ramps, spec
+    source.task = replace(source.task, outputs=source.task.outputs + tuple(
+        Output(f"exit{layer}_logits", ("batch", "labels"), "labels") for layer in spec["layers"]))
+    source.info["exits_sha256"] = _sha256_files(root, [EXITS_FILE, RAMPS_FILE])
 
 
 def from_model(

@@ -103,15 +103,16 @@ def export(
     check_recipe(recipe, names, cpu["flags"])
     max_drop = fallback.parse_drop(opts.max_accuracy_drop) if opts.max_accuracy_drop is not None else None
     min_cos = fallback.parse_min_cosine(opts.min_cosine) if opts.min_cosine is not None else None
+    exits_folder = _has_exits(model)  # an early-exit classifier: --max-accuracy-drop also limits what its exits cost
     if opts.min_rank_agreement is not None:  # judged after load, where the task is known; its number fails here
         fallback.parse_min_cosine(opts.min_rank_agreement, "--min-rank-agreement")
     if opts.calibration is not None and not recipe.needs_calibration and min_cos is None:
         raise UsageError(f"--calibration applies to recipes that calibrate (int8-static, int8-mixed) and to the texts "
                          f"--min-cosine is judged on, not to {recipe.name!r} alone — drop it")
-    if opts.eval_data is not None and max_drop is None and min_cos is None:
+    if opts.eval_data is not None and max_drop is None and min_cos is None and not exits_folder:
         raise UsageError("--eval-data is what --max-accuracy-drop (or --min-cosine) is judged on — pass both, or use "
                          "`bertship eval`")
-    if max_drop is not None and recipe.name not in fallback.SEARCHING:
+    if max_drop is not None and recipe.name not in fallback.SEARCHING and not exits_folder:
         raise UsageError(f"--max-accuracy-drop applies to {', '.join(fallback.SEARCHING)}, not {recipe.name!r}")
     if min_cos is not None and opts.task is not None and opts.task not in EMBEDDING_TASKS:
         raise UsageError(_MIN_COSINE_TASK.format(task=opts.task))
@@ -143,6 +144,18 @@ def export(
             texts, pairs, feeds, refs, sweep = _references(source, took, log)
             if _shared_references is not None:
                 _shared_references[key] = (texts, pairs, feeds, refs, sweep)
+    exit_data = None
+    if source.exits is not None:
+        if opts.eval_data is None:
+            raise UsageError("an early-exit classifier is gated on labelled held-out text — pass --eval-data test.tsv "
+                             "(rows `text<TAB>label`, not the texts `bertship exits` calibrated on)")
+        from bertship.runtimes.evaluate import read_eval_data
+
+        id2label = {str(k): v for k, v in (getattr(source.model.config, "id2label", None) or {}).items()}
+        data = read_eval_data(opts.eval_data, "sequence-classification", id2label)
+        with stages.stage("load", f"PyTorch full-model predictions on {len(data.texts)} --eval-data texts"), \
+                torch_threads(opts.threads):
+            exit_data = (data, _reference_logits(source, data.texts, data.pairs))
     embedding = source.task.name in EMBEDDING_TASKS
     if min_cos is not None and not embedding:
         raise UsageError(_MIN_COSINE_TASK.format(task=source.task.name))
@@ -217,6 +230,11 @@ def export(
                     built[name] = quantize.build(name, bctx)
                 built[name]["cpu_class"] = {"target": targets[name], "verified_on": []}
         target = _check_target(staging, built, tail_scorer, min_cos, recipe.name, log) if tail_scorer else None
+        if source.exits is not None:
+            with stages.stage("segments", f"cutting each graph at the off-ramps after layers "
+                                          f"{','.join(map(str, source.exits.layers))}"):
+                for name in names:
+                    built[name] = _segment(staging, name, built[name], source, opts.external_data)
         shutil.rmtree(work)
         source.tokenizer.backend_tokenizer.save(str(staging / artifact.TOKENIZER))
         spec = {"file": artifact.TOKENIZER, "max_length": source.max_length, "pad_id": source.tokenizer.pad_token_id,
@@ -237,6 +255,8 @@ def export(
             manifest["recipe"]["qat"] = qat_record
         if compaction is not None:
             manifest["compaction"] = compaction.as_dict()
+        if source.exits is not None:
+            manifest["exits"] = _exits_record(source)
         if fusion is not None:
             manifest["graph"] = {"fusions": fusion.as_dict(), "allow_missing_fusions": opts.allow_missing_fusions}
         with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden texts (batched, "
@@ -249,6 +269,9 @@ def export(
                 f"(p1 {rep['tail']['cosine_p1']:.5f}, worst {rep['tail']['worst'][0]['text']!r}); alone vs batched "
                 f"min {rep['batch_invariance']['cosine_min']:.6f}; lengths 3-{swept['longest']} min "
                 f"{swept['cosine_min']:.5f} (at {swept['worst_length']})")
+        if source.exits is not None:
+            with stages.stage("exits", f"exit rule on {opts.eval_data} (runtime chain vs the PyTorch full model)"):
+                manifest["exits"]["gate"] = _exit_gate(staging, manifest, source, opts, *exit_data, log)
         with stages.stage("package", "golden outputs, manifest, report"):
             manifest["golden"] = package.write_golden(staging, texts, pairs, feeds, refs, sweep)
             # what verify re-runs is golden.npz's sweep.lengths; this says how they were chosen (cost: sweep_cost)
@@ -267,6 +290,106 @@ def export(
         raise
     log(f"[bertship] wrote {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
     return out
+
+
+def _segment(staging: Path, name: str, entry: dict[str, Any], source: load_stage.Source, external: str) -> dict[str, Any]:
+    """Cut one backend's built early-exit graph into its segments (exporter.segments), in place of the whole graph."""
+    from . import onnxio, segments
+    from .exits import num_layers
+
+    total = num_layers(source.model.config)
+    full = staging / entry["model"]
+    folder = full.parent
+    if name == "onnxruntime":
+        segs = segments.cut_onnx(full, source.exits.layers, source.family.inputs, folder / "_segments", external, total)
+    else:
+        segs = segments.cut_openvino(full, source.exits.layers, folder / "_segments", total)
+    for rel in entry["files"]:
+        (staging / rel).unlink()
+    files = []
+    for seg in segs:
+        written = folder / "_segments" / seg["model"]
+        group = onnxio.files(written) if name == "onnxruntime" else [written, written.with_suffix(".bin")]
+        for f in group:
+            f.rename(folder / f.name)
+        rel = [(folder / f.name).relative_to(staging).as_posix() for f in group]
+        seg.update(model=rel[0], files=rel)
+        files += rel
+    (folder / "_segments").rmdir()
+    return {**entry, "model": segs[0]["model"], "files": files, "segments": segs, "total_layers": total,
+            "build": {**entry.get("build", {}), "segments": len(segs)}}
+
+
+def _has_exits(model: Any) -> bool:
+    """Whether the model folder (not a model in memory) was written by `bertship exits`."""
+    from .exits import EXITS_FILE
+
+    return isinstance(model, (str, Path)) and (Path(model) / EXITS_FILE).is_file()
+
+
+def _exits_record(source: load_stage.Source) -> dict[str, Any]:
+    spec = source.exits_spec or {}
+    return {"layers": list(source.exits.layers), "rule": spec["rule"], "head": spec.get("head"),
+            "calibration": spec.get("calibration"), "training": {k: v for k, v in spec.get("training", {}).items()
+                                                                 if k != "losses"}}
+
+
+def _exit_gate(staging: Path, manifest: dict[str, Any], source: load_stage.Source, opts: ExportOptions,
+               data: Any, ref_logits: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """Each backend's segment chain, leaving by the artifact's rule, on --eval-data: its predictions against the
+    PyTorch full model's (agreement; `ref_logits`, computed before the weights were released) and against the labels
+    (accuracy drop). FidelityError past --max-accuracy-drop, by default the drop the rule was calibrated for
+    (exits.json)."""
+    import numpy as np
+
+    from bertship.runtimes.errors import FidelityError
+    from bertship.runtimes.model import Model
+    from bertship.runtimes.tokenizer import TextEncoder
+
+    spec = source.exits_spec or {}
+    limit = (fallback.parse_drop(opts.max_accuracy_drop) if opts.max_accuracy_drop is not None else
+             float(spec.get("calibration", {}).get("max_accuracy_drop", fallback.parse_drop(auto.DEFAULT_DROP))))
+    ref_pred = ref_logits.argmax(-1)
+    truth = np.asarray(data.labels)
+    ref_acc = float((ref_pred == truth).mean())
+    report, failures = {}, []
+    for name in manifest["backends"]:
+        entry = manifest["backends"][name]
+        runner = backend_table.open_runner(staging, entry, name, opts.threads, entry.get("options"))
+        model = Model(staging, manifest, runner, TextEncoder(staging / artifact.TOKENIZER, manifest["tokenizer"]))
+        logits, layers = model.exit_logits(data.texts, data.pairs)
+        pred = logits.argmax(-1)
+        acc = float((pred == truth).mean())
+        total = model.exits["total_layers"]
+        rep = {"texts": len(truth), "accuracy": round(acc, 5), "full_model_accuracy": round(ref_acc, 5),
+               "accuracy_drop": round((ref_acc - acc) / ref_acc if ref_acc else 0.0, 5),
+               "agreement": round(float((pred == ref_pred).mean()), 5), "mean_layers": round(float(layers.mean()), 4),
+               "exit_histogram": {str(k): int((layers == k).sum()) for k in [*source.exits.layers, total]}}
+        report[name] = rep
+        log(f"[bertship]          {name}: accuracy {acc:.4f} with exits vs {ref_acc:.4f} full (drop "
+            f"{rep['accuracy_drop'] * 100:.2f} %, limit {limit * 100:g} %), agreement {rep['agreement']:.4f}, mean "
+            f"{rep['mean_layers']:.2f} of {total} layers")
+        if acc < ref_acc * (1 - limit) - 1e-12:
+            failures.append(f"{name}: accuracy with exits {acc:.4f} is {rep['accuracy_drop'] * 100:.2f} % below the "
+                            f"full model's {ref_acc:.4f} (limit {limit * 100:g} %)")
+        del model
+    if failures:
+        raise FidelityError(failures, "nothing was written; re-run `bertship exits` with a smaller "
+                            "--max-accuracy-drop (a stricter rule) or more --eval-data to calibrate on"
+                            + ("" if manifest["recipe"]["name"] == "fp32" else ", or export with a float recipe"))
+    return {"data": str(opts.eval_data), "max_accuracy_drop": limit, "backends": report}
+
+
+def _reference_logits(source: load_stage.Source, texts: list[str], pairs: list[str] | None):
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), 32):
+            enc = source.tokenizer(texts[i:i + 32], pairs[i:i + 32] if pairs else None, padding=True, truncation=True,
+                                   max_length=source.max_length, return_tensors="pt")
+            out.append(source.model(**{k: enc[k] for k in source.family.inputs}).logits)
+    return torch.cat(out).numpy()
 
 
 # While `--recipe auto` or a profile builds its candidates (`_auto`), the load stage's PyTorch references (golden

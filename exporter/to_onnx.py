@@ -27,12 +27,22 @@ def graph_module(source: Source):
             super().__init__()
             self.model = source.model
             self.dense = torch.nn.ModuleList(source.dense)
+            self.exits = source.exits
 
         def forward(self, *args):
             feeds = dict(zip(source.family.inputs, args))
+            if self.exits is not None:  # early exit: the final logits, each off-ramp's, then the hidden states to cut at
+                out = self.model(**feeds, return_dict=True, output_hidden_states=True)
+                return (out.logits, *self.exits(out.hidden_states),
+                        *(out.hidden_states[layer] for layer in self.exits.layers))
             return task_outputs(source, self.dense, self.model(**feeds, return_dict=True), feeds)
 
     return ExportGraph().eval()
+
+
+def cut_points(source: Source) -> list[str]:
+    """The hidden-state outputs an early-exit graph is cut at into segments (exporter.segments); none otherwise."""
+    return [f"exit{layer}_hidden" for layer in source.exits.layers] if source.exits is not None else []
 
 
 @contextmanager
@@ -69,6 +79,9 @@ def to_onnx(source: Source, feeds: dict[str, np.ndarray], path: Path, external_d
     axes = {name: {0: "batch", 1: "sequence"} for name in source.family.inputs}
     for o in source.task.outputs:
         axes[o.name] = {i: a for i, a in enumerate(o.axes) if a in ("batch", "sequence")}
+    for name in cut_points(source):  # graph outputs too, so every later stage keeps them by name
+        output_names.append(name)
+        axes[name] = {0: "batch", 1: "sequence"}
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), traced_as_python(source.family.script_modules):
         # The TorchScript exporter announces its own deprecation and traces Python branches on shapes; both are

@@ -65,6 +65,21 @@ def runner_class(name: str) -> type:
     return getattr(module, cls_name)
 
 
+def open_runner(root, entry: dict, name: str, threads: int | None = None, options: dict | None = None):
+    """The runner of one backend's entry in a manifest under `root`: its model, or for an early-exit artifact the
+    chain of its segments (runtimes.exits.SegmentRunner)."""
+    from pathlib import Path
+
+    cls = runner_class(name)
+    root = Path(root)
+    if "segments" in entry:
+        from .exits import SegmentRunner
+
+        return SegmentRunner([cls(root / s["model"], threads, options) for s in entry["segments"]], entry["segments"],
+                             int(entry["total_layers"]))
+    return cls(root / entry["model"], threads, options)
+
+
 def parse_backends(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Parse 'onnxruntime,openvino' (or a list) into known backend names, keeping order and dropping repeats."""
     items = text.split(",") if isinstance(text, str) else list(text)

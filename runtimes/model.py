@@ -46,6 +46,12 @@ class Model:
         self.truncation: str = check_truncation(truncation)
         # load()'s golden check on a CPU class the int8 artifact was not verified on (None: none was needed)
         self.recheck: dict[str, Any] | None = None
+        # early exit (runtimes.exits): the off-ramp layers, the calibrated rule and the layer count; None without
+        record = manifest.get("exits")
+        self.exits: dict[str, Any] | None = None
+        if record is not None and hasattr(runner, "run_exits"):
+            self.exits = {"layers": list(record["layers"]), "rule": dict(record["rule"]),
+                          "total_layers": runner.total_layers}
 
     def __repr__(self) -> str:
         return f"Model({str(self.root)!r}, task={self.task!r}, backend={self.backend!r}, precision={self.precision!r})"
@@ -185,19 +191,57 @@ class Model:
 
     def classify(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, top_k: int = 1, batch_size: int = 32,
-        truncation: str | None = None,
+        truncation: str | None = None, exits: bool = True, rule: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
-        """Per text (or text pair), {label, score} with softmax scores; with top_k > 1, a best-first list of them."""
+        """Per text (or text pair), {label, score} with softmax scores; with top_k > 1, a best-first list of them.
+
+        An early-exit artifact adds "exit_layer" (per text, the layer whose off-ramp it left by; the layer count when it
+        ran them all): each text leaves by the artifact's calibrated rule, or `rule` (runtimes.exits), and leaves the
+        batch there. exits=False runs every layer (the fine-tuned model's own predictions)."""
         tasks.require_method(self.task, "classify")
         tasks.check_top_k(top_k)
-        encodings = self._tokenize(texts, pairs, truncation)
-        results: list[Any] = [None] * len(encodings)
-        for chunk, _, outs in self._batches(encodings, batch_size):
-            logits = outs["logits"]
-            labels = tasks.label_names(self.manifest["task"], logits.shape[-1])
-            for i, best in zip(chunk, tasks.top_labels(logits, labels, top_k)):
-                results[i] = best[0] if top_k == 1 else best
+        if self.exits is not None and exits:
+            logits, layers = self.exit_logits(texts, pairs, batch_size, truncation, rule)
+        else:
+            if rule is not None:
+                raise UsageError("rule= applies to an early-exit artifact with exits=True — drop it")
+            encodings = self._tokenize(texts, pairs, truncation)
+            logits, layers = None, None
+            for chunk, _, outs in self._batches(encodings, batch_size):
+                if logits is None:
+                    logits = np.zeros((len(encodings), outs["logits"].shape[-1]), dtype=np.float32)
+                logits[chunk] = outs["logits"]
+            if self.exits is not None:
+                layers = np.full(len(encodings), self.exits["total_layers"])
+        labels = tasks.label_names(self.manifest["task"], logits.shape[-1])
+        results: list[Any] = []
+        for i, best in enumerate(tasks.top_labels(logits, labels, top_k)):
+            if layers is not None:
+                best = [{**b, "exit_layer": int(layers[i])} for b in best]
+            results.append(best[0] if top_k == 1 else best)
         return results
+
+    def exit_logits(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 32,
+        truncation: str | None = None, rule: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """An early-exit artifact's (logits [N, labels], exit layer [N]) in input order: each text's logits at the
+        off-ramp it left by under the rule (default: the calibrated one), the others' after the last layer."""
+        from .exits import check_rule
+
+        tasks.require_method(self.task, "classify")
+        if self.exits is None:
+            raise UsageError("this artifact has no off-ramps — train them with `bertship exits` and export that folder")
+        rule = check_rule(self.exits["rule"] if rule is None else rule)
+        encodings = self._tokenize(texts, pairs, truncation)
+        logits: np.ndarray | None = None
+        layers = np.zeros(len(encodings), dtype=np.int64)
+        for chunk, feeds, _ in self._batches(encodings, batch_size, run=False):
+            got, exit_layer = self.runner.run_exits(feeds, rule)
+            if logits is None:
+                logits = np.zeros((len(encodings), got.shape[-1]), dtype=np.float32)
+            logits[chunk], layers[chunk] = got, exit_layer
+        return logits, layers
 
     def answer(
         self, question: str | Sequence[str], context: str | Sequence[str], max_answer_tokens: int = 30,
@@ -242,7 +286,7 @@ class Model:
     def _tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None, truncation: str | None) -> list[Any]:
         return self.tokenizer.tokenize(texts, pairs, truncation=self.truncation if truncation is None else truncation)
 
-    def _batches(self, encodings: list[Any], batch_size: int) -> Iterator[Batch]:
+    def _batches(self, encodings: list[Any], batch_size: int, run: bool = True) -> Iterator[Batch]:
         # Sorting by length pads each batch only to its own longest member; callers put results back by index.
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be a positive int, got {batch_size!r} — the default is 32")
@@ -250,7 +294,7 @@ class Model:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             feeds = self.tokenizer.pad([encodings[i] for i in chunk])
-            yield chunk, feeds, self.runner.run(feeds)
+            yield chunk, feeds, self.runner.run(feeds) if run else {}
 
     def _checked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not isinstance(feeds, dict):
@@ -312,7 +356,7 @@ def load(
     artifact.check_files(root, manifest, only=needed)
     entry = manifest["backends"][backend]
     options = {**entry.get("options", {}), **(runner_options or {})}
-    runner = backends.runner_class(backend)(root / entry["model"], threads, options)
+    runner = backends.open_runner(root, entry, backend, threads, options)
     encoder = TextEncoder(root / artifact.TOKENIZER, manifest["tokenizer"])
     model = Model(root, manifest, runner, encoder, truncation)
     if recheck:

@@ -132,6 +132,25 @@ def _parser() -> argparse.ArgumentParser:
                     help="score importance on the first N rows of --data only (default: all); recovery uses all")
     pr.add_argument("--force", action="store_true", help="replace a folder an earlier `bertship prune` wrote")
 
+    ee = sub.add_parser("exits", help="train early-exit off-ramps for a fine-tuned classifier and calibrate the exit "
+                        "rule (needs the export extra)", epilog=_exit_codes_text(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ee.add_argument("model", help="fine-tuned sequence-classification folder (Hugging Face)")
+    ee.add_argument("--data", required=True, help="training texts, .tsv (text<TAB>label or text<TAB>pair<TAB>label) "
+                    "or .jsonl: the off-ramps learn the model's own predictions on them (labels are not used)")
+    ee.add_argument("--eval-data", required=True, help="labelled held-out texts the exit rule is calibrated on")
+    ee.add_argument("--out", required=True, help="folder to write: the model plus exits.safetensors and exits.json")
+    ee.add_argument("--layers", default=None, help="layers to put off-ramps after, e.g. 2,4 (default: every layer "
+                    "but the last)")
+    ee.add_argument("--max-accuracy-drop", default="1%", help="accuracy the exits may cost, relative to the full "
+                    "model on --eval-data (default: %(default)s)")
+    ee.add_argument("--epochs", type=int, default=30, help="distillation epochs over the cached states (default: "
+                    "%(default)s)")
+    ee.add_argument("--lr", type=float, default=1e-3, help="off-ramp learning rate (default: %(default)g)")
+    ee.add_argument("--batch-size", type=int, default=32)
+    ee.add_argument("--max-length", type=int, default=128, help="tokens per text (default: %(default)s)")
+    ee.add_argument("--force", action="store_true", help="replace a folder an earlier `bertship exits` wrote")
+
     ins = sub.add_parser("inspect", help="show what an artifact holds (torch-free)")
     ins.add_argument("artifact")
     ins.add_argument("--json", action="store_true", help="print the manifest")
@@ -281,6 +300,25 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     heads = sum(len(h) for h in record["heads_zeroed"].values())
     print(f"wrote {args.out}: {heads} head(s) and {sum(record['neurons_zeroed'].values())} FFN neuron(s) zeroed "
           f"({record['importance']}, {record['ranking']} ranking); `bertship export {args.out} --compact` removes them")
+    return 0
+
+
+def _cmd_exits(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        raise BackendMissingError("exits needs torch and transformers — pip install 'bertship[export]'")
+    from bertship.exporter.exits import train_exits
+    from bertship.runtimes.exits import describe
+
+    spec = train_exits(args.model, args.data, args.out, eval_data=args.eval_data, layers=args.layers,
+                       max_accuracy_drop=args.max_accuracy_drop, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, max_length=args.max_length, force=args.force,
+                       log=lambda m: print(m, file=sys.stderr))
+    cal = spec["calibration"]
+    chosen = cal["measured"][spec["rule"]["kind"]]
+    print(f"wrote {args.out}: off-ramps after layers {','.join(map(str, spec['layers']))}; {describe(spec['rule'])} "
+          f"runs {chosen['mean_layers']:.2f} of {cal['layers']} layers on average on --eval-data, accuracy "
+          f"{chosen['accuracy']:.4f} (full model {cal['full_accuracy']:.4f}); `bertship export {args.out} --eval-data "
+          "TEST` builds its segments")
     return 0
 
 
@@ -449,6 +487,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 COMMANDS = {"export": _cmd_export, "verify": _cmd_verify, "inspect": _cmd_inspect, "recipes": _cmd_recipes, "eval": _cmd_eval,
             "deploy": _cmd_deploy, "serve": _cmd_serve, "analyze": _cmd_analyze, "prune": _cmd_prune,
+            "exits": _cmd_exits,
             "profiles": _cmd_profiles, "bench": _cmd_bench, "check": _cmd_check}
 
 

@@ -1,0 +1,103 @@
+"""Cut an early-exit model, as built for a backend under its recipe, into one graph per segment.
+
+The exported graph of an early-exit classifier (exporter.exits) has, besides `logits`, each off-ramp's logits
+(`exit{L}_logits`) and the hidden states after that layer (`exit{L}_hidden`) as outputs. Every recipe builds that
+one graph as it builds any other (fusions, int8 by ONNX Runtime's quantizer or NNCF), and only then is it cut at the
+`exit{L}_hidden` tensors, so each segment carries exactly the built model's nodes and quantization parameters:
+- ONNX Runtime: onnx.utils.Extractor (ONNX's own sub-model extraction) between named tensors;
+- OpenVINO: the hidden tensor's consumers are re-pointed at a new Parameter and an ov.Model is built from the results
+  the segment needs (OpenVINO cannot convert a cut of an IR, only of a source model).
+Each segment also takes whichever original inputs its nodes read (attention_mask for the mask of every layer, and
+input_ids where a shape is taken from it); the runtime feeds them cut to the texts still running
+(runtimes.exits.SegmentRunner).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import onnxio
+
+
+def plan(layers: Sequence[int]) -> list[dict[str, Any]]:
+    """Per segment: the layer it ends after (None: the last, the model's own classifier), its hidden input and outputs."""
+    out = []
+    for k in range(len(layers) + 1):
+        last = k == len(layers)
+        out.append({"layer": None if last else layers[k],
+                    "hidden_in": None if k == 0 else f"exit{layers[k - 1]}_hidden",
+                    "hidden_out": None if last else f"exit{layers[k]}_hidden",
+                    "logits": "logits" if last else f"exit{layers[k]}_logits"})
+    return out
+
+
+def cut_onnx(path: Path, layers: Sequence[int], inputs: Sequence[str], out_dir: Path, mode: str,
+             total: int) -> list[dict[str, Any]]:
+    """Write segment{k}.onnx files beside nothing else in `out_dir`; their manifest entries (paths relative to it)."""
+    import onnx
+    import onnx.utils
+
+    model = onnx.load(str(path))
+    extractor = onnx.utils.Extractor(model)
+    segments = []
+    for k, seg in enumerate(plan(layers)):
+        outs = [seg["logits"]] + ([seg["hidden_out"]] if seg["hidden_out"] else [])
+        ins = ([seg["hidden_in"]] if seg["hidden_in"] else []) + list(inputs)
+        sub = extractor.extract_model(ins, outs)
+        read = {name for node in sub.graph.node for name in node.input}
+        unused = [i for i in sub.graph.input if i.name not in read]
+        for i in unused:
+            sub.graph.input.remove(i)
+        if seg["hidden_in"] and seg["hidden_in"] not in read:
+            raise RuntimeError(f"segment {k} does not read {seg['hidden_in']}: the graph cannot be cut there")
+        file = out_dir / f"segment{k}.onnx"
+        onnxio.save(sub, file, mode)
+        segments.append({**seg, "layer": seg["layer"] or total, "model": file.name,
+                         "inputs": [i.name for i in sub.graph.input]})
+    return segments
+
+
+def cut_openvino(xml: Path, layers: Sequence[int], out_dir: Path, total: int) -> list[dict[str, Any]]:
+    """Write segment{k}.xml/.bin in `out_dir`; their manifest entries (paths relative to it)."""
+    import openvino as ov
+
+    core = ov.Core()
+    segments = []
+    for k, seg in enumerate(plan(layers)):
+        model = core.read_model(str(xml))
+        results = {name: r for r in model.get_results() for name in r.input_value(0).get_names()}
+        params: list[Any] = []
+        if seg["hidden_in"]:
+            source = results[seg["hidden_in"]].input_value(0)
+            hidden = ov.opset13.parameter(source.get_partial_shape(), source.get_element_type(), name=seg["hidden_in"])
+            hidden.output(0).set_names({seg["hidden_in"]})
+            for target in list(source.get_target_inputs()):
+                if target.get_node().get_type_name() != "Result":
+                    target.replace_source_output(hidden.output(0))
+            params.append(hidden)
+        wanted = [results[seg["logits"]]] + ([results[seg["hidden_out"]]] if seg["hidden_out"] else [])
+        reached = _parameters(wanted)
+        params += [p for p in model.get_parameters() if p.get_name() in reached]
+        sub = ov.Model(wanted, params, f"segment{k}")
+        file = out_dir / f"segment{k}.xml"
+        ov.save_model(sub, str(file), compress_to_fp16=False)
+        segments.append({**seg, "layer": seg["layer"] or total, "model": file.name,
+                         "inputs": [p.get_friendly_name() for p in params]})
+    return segments
+
+
+def _parameters(results: list[Any]) -> set[str]:
+    """The (unique) names of the Parameter nodes the results depend on."""
+    seen, found, stack = set(), set(), list(results)
+    while stack:
+        node = stack.pop()
+        key = node.get_name()
+        if key in seen:
+            continue
+        seen.add(key)
+        if node.get_type_name() == "Parameter":
+            found.add(key)
+            continue
+        stack += [value.get_node() for value in node.input_values()]
+    return found
