@@ -66,9 +66,10 @@ class Scorer:
     reference: list[np.ndarray]
     metric: str
     fp32: float  # the fp32 graph's own score
+    names: tuple[str, ...] | None = None  # the outputs judged (None: all); an early-exit graph's final logits
 
     def __call__(self, runner) -> float:
-        outs = [_first(runner.run(f)) for f in self.feeds]
+        outs = [_first(runner.run(f), self.names) for f in self.feeds]
         if self.labels is not None or self.metric == "agreement":
             labels = self.labels or [r.argmax(-1) for r in self.reference]
             right = sum(int((o.argmax(-1) == y).sum()) for o, y in zip(outs, labels))
@@ -246,8 +247,9 @@ def make_rank_scorer(plain_onnx: Path, source, feeds: list[dict[str, np.ndarray]
     return RankScorer(groups, [_first(ref_runner.run(f))[:, 0] for f in groups])
 
 
-def _first(outs: dict[str, np.ndarray]) -> np.ndarray:
-    return np.concatenate([v.reshape(len(v), -1) for v in outs.values()], axis=-1)
+def _first(outs: dict[str, np.ndarray], names: tuple[str, ...] | None = None) -> np.ndarray:
+    """The outputs (all, or those named) as one [batch, values] array."""
+    return np.concatenate([v.reshape(len(v), -1) for k, v in outs.items() if names is None or k in names], axis=-1)
 
 
 def make_scorer(plain_onnx: Path, source, texts: list[str], pairs: list[str] | None, labels: list[int] | None,
@@ -266,15 +268,17 @@ def make_scorer(plain_onnx: Path, source, texts: list[str], pairs: list[str] | N
         feeds.append({n: np.asarray(enc[n], dtype=np.int64) for n in source.family.inputs})
         if labels is not None:
             label_batches.append(np.asarray([labels[i] for i in idx]))
-    classifier = [list(o.axes) for o in source.task.outputs] == [["batch", "labels"]]
-    return _scorer(plain_onnx, feeds, label_batches if labels is not None else None, classifier)
+    # an early-exit graph is judged on its final logits (what every layer computes); the export gate judges the exits
+    names = ("logits",) if getattr(source, "exits", None) is not None else None
+    classifier = names is not None or [list(o.axes) for o in source.task.outputs] == [["batch", "labels"]]
+    return _scorer(plain_onnx, feeds, label_batches if labels is not None else None, classifier, names)
 
 
-def _scorer(plain_onnx: Path, feeds, labels, classifier: bool) -> Scorer:
+def _scorer(plain_onnx: Path, feeds, labels, classifier: bool, names: tuple[str, ...] | None = None) -> Scorer:
     ref_runner = backends.runner_class("onnxruntime")(plain_onnx, None, None)
-    reference = [_first(ref_runner.run(f)) for f in feeds]
+    reference = [_first(ref_runner.run(f), names) for f in feeds]
     metric = "accuracy" if labels is not None else "agreement" if classifier else "cosine"
-    scorer = Scorer(feeds, labels, reference, metric, 1.0)
+    scorer = Scorer(feeds, labels, reference, metric, 1.0, names)
     return replace(scorer, fp32=scorer(ref_runner))
 
 

@@ -109,9 +109,15 @@ def onnx_float_ops(model: Any, float_model: Any, quantizers: list[str] | tuple[s
             if dq.op_type == "DequantizeLinear" and dq.input[0] == q.output[0]:
                 rename[dq.output[0]] = q.input[0]
                 drop.add(dq.name)
-    for o in g.output:
-        if o.name in rename:
-            raise RuntimeError(f"quantizer output {o.name} is a graph output: it cannot be removed")
+    outputs = {o.name for o in g.output}
+    for dq in g.node:  # a graph output keeps its name (an early-exit graph's cut points): its DequantizeLinear, in
+        if dq.op_type == "DequantizeLinear" and dq.output[0] in outputs and dq.output[0] in rename:  # place, becomes
+            source = rename.pop(dq.output[0])  # an Identity of the float tensor
+            dq.op_type = "Identity"
+            del dq.input[:]
+            dq.input.append(source)
+            del dq.attribute[:]
+            drop.discard(dq.name)
     for node in g.node:
         for i, name in enumerate(node.input):
             if name in rename:

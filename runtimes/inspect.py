@@ -44,6 +44,28 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in entry.get("options", {}).items())
         build = ", ".join(f"{k}={v}" for k, v in entry.get("build", {}).items())
         lines.append(f"- {backend}: `{entry['model']}` ({opts})" + (f"; built with {build}" if build else ""))
+    exits = manifest.get("exits")
+    if exits:
+        from .exits import describe as rule_text
+
+        lines += ["", "## Early exit", "", f"- off-ramps after layers {', '.join(map(str, exits['layers']))}; rule "
+                  f"{rule_text(exits['rule'])}; each backend runs {len(exits['layers']) + 1} segments, texts that "
+                  "exit leave the batch"]
+        cal = exits.get("calibration") or {}
+        for kind, m in cal.get("measured", {}).items():
+            lines.append(f"- calibrated ({kind}, on {cal.get('texts')} texts of {cal.get('data')}): "
+                         f"{rule_text(m['rule'])} runs {m['mean_layers']:.2f} of {cal.get('layers')} layers, "
+                         f"accuracy {m['accuracy']:.4f} vs {cal.get('full_accuracy', 0):.4f} full")
+        gate = exits.get("gate")
+        if gate:
+            lines += ["", f"Exit gate on {gate['data']} (limit {gate['max_accuracy_drop'] * 100:g} % accuracy drop):",
+                      "", "| backend | texts | accuracy | full model | drop | agreement | mean layers | exits per layer |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for backend, r in gate["backends"].items():
+                hist = ", ".join(f"{k}: {v}" for k, v in r["exit_histogram"].items())
+                lines.append(f"| {backend} | {r['texts']} | {r['accuracy']:.4f} | {r['full_model_accuracy']:.4f} | "
+                             f"{r['accuracy_drop'] * 100:.2f} % | {r['agreement']:.4f} | {r['mean_layers']:.2f} | "
+                             f"{hist} |")
     fusions = manifest.get("graph", {}).get("fusions")
     if fusions:
         counts = ", ".join(f"{k} {v}" for k, v in fusions["counts"].items()) or "none"

@@ -1,0 +1,237 @@
+"""Early exit: off-ramps trained on a frozen fine-tuned classifier, the rule calibrated, the artifact cut into segments
+on both backends (fp32 and int8), texts leaving the batch at their off-ramp, and the gate on held-out text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertship.cli import main
+from bertship.runtimes import exits as rules
+from bertship.runtimes import load, tasks
+from bertship.runtimes.errors import UsageError
+from tests import exit_data
+from tests.conftest import built_once
+
+pytestmark = pytest.mark.xdist_group("exits")
+
+
+@pytest.fixture(scope="module")
+def exit_folder(tmp_path_factory):
+    """(folder with off-ramps, data folder): a tiny 4-layer BERT fine-tuned on exit_data's task, off-ramps after
+    layers 1-3, calibrated on dev.tsv."""
+    from bertship.exporter.exits import train_exits
+
+    def build(root: Path) -> None:
+        model = exit_data.save(root, steps=120)
+        train_exits(model, root / "train.tsv", root / "exits", eval_data=root / "dev.tsv", max_accuracy_drop="2%")
+
+    root = built_once(tmp_path_factory, "exit-folder", build)
+    return root / "exits", root
+
+
+@pytest.fixture(scope="module")
+def exit_artifact(exit_folder, tmp_path_factory):
+    """recipe -> the exit folder exported on both backends, gated on test.tsv (a loose limit: what these tests check is
+    the mechanism; the gate's own test below makes it fail)."""
+    from bertship.exporter import export
+
+    folder, data = exit_folder
+
+    def make(recipe: str) -> Path:
+        built = built_once(tmp_path_factory, f"exit-art-{recipe}",
+                           lambda root: export(folder, out=root / "art", recipe=recipe, eval_data=str(data / "test.tsv"),
+                                               max_accuracy_drop="20%", log=lambda _: None))
+        return built / "art"
+
+    return make
+
+
+def _test_texts(data: Path) -> list[str]:
+    return [line.split("\t")[0] for line in (data / "test.tsv").read_text().splitlines()]
+
+
+class Counting:
+    """A segment runner's stand-in that counts the rows and columns it was given."""
+
+    def __init__(self, runner):
+        self.runner, self.rows, self.widths = runner, [], []
+        self.backend, self.precision = runner.backend, runner.precision
+        self.input_names, self.output_names = runner.input_names, runner.output_names
+
+    def run(self, feeds):
+        first = next(iter(feeds.values()))
+        self.rows.append(first.shape[0])
+        self.widths.append(first.shape[1])
+        return self.runner.run(feeds)
+
+
+def test_the_folder_keeps_the_fine_tuned_model_and_records_both_rules(exit_folder):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder, data = exit_folder
+    spec = json.loads((folder / "exits.json").read_text())
+    assert spec["layers"] == [1, 2, 3] and spec["labels"] == 3
+    assert set(spec["calibration"]["measured"]) == {"entropy", "patience"}
+    chosen = spec["calibration"]["measured"][spec["rule"]["kind"]]
+    # the rule kept is the cheaper one that keeps the accuracy within the limit on dev.tsv
+    assert chosen["accuracy"] >= spec["calibration"]["full_accuracy"] * (1 - 0.02) - 1e-9
+    assert chosen["mean_layers"] == min(m["mean_layers"] for m in spec["calibration"]["measured"].values())
+    assert all(h[-1] < h[0] for h in spec["training"]["losses"].values())  # every off-ramp learned
+    # the backbone and the classifier are the fine-tuned model's, untouched: transformers loads the folder as before
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = tok(["cat cat the train", "movie"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a = AutoModelForSequenceClassification.from_pretrained(folder)(**enc).logits
+        b = AutoModelForSequenceClassification.from_pretrained(data / "model")(**enc).logits
+    assert torch.equal(a, b)
+
+
+def _midway_rule(model, texts) -> dict:
+    """An entropy threshold half-way between two neighbours near the median of the first off-ramp's entropies on
+    these texts: about half of them leave at layer 1, and no text sits on the threshold."""
+    first = model.encode(texts)["exit1_logits"]
+    h = np.sort(rules.normalized_entropy(first))
+    i = len(h) // 2
+    while i + 1 < len(h) and h[i + 1] - h[i] < 1e-4:
+        i += 1
+    return {"kind": "entropy", "threshold": float((h[i] + h[i + 1]) / 2)}
+
+
+@pytest.mark.parametrize("recipe", ["fp32", "int8-static"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_texts_leave_the_batch_at_their_off_ramp(exit_artifact, exit_folder, recipe, backend):
+    art = exit_artifact(recipe)
+    texts = _test_texts(exit_folder[1])[:96]
+    model = load(art, backend=backend)
+    assert model.exits["layers"] == [1, 2, 3] and model.exits["total_layers"] == 4
+    for rule in (_midway_rule(model, texts), {"kind": "patience", "patience": 1}):
+        # what each text should get: the rule applied to every off-ramp's logits, computed for the whole batch
+        every = model.encode(texts)
+        ramps = np.stack([every[f"exit{k}_logits"] for k in (1, 2, 3)])
+        want_pred, want_layer = rules.apply_offline(rule, ramps, every["logits"], [1, 2, 3], 4)
+        counting = [Counting(r) for r in model.runner.runners]
+        model.runner.runners = counting
+        try:
+            got = model.classify(texts, batch_size=32, rule=rule)
+        finally:
+            model.runner.runners = [c.runner for c in counting]
+        layers = np.array([g["exit_layer"] for g in got])
+        names = tasks.label_names(model.manifest["task"], 3)
+        assert (layers == want_layer).mean() >= 0.98, (layers, want_layer)
+        assert np.mean([g["label"] == names[w] for g, w in zip(got, want_pred)]) >= 0.98
+        # texts really left: some at layer 1, and fewer rows reached each later segment
+        assert (layers < 4).any() and len(set(layers.tolist())) >= 2
+        rows = [sum(c.rows) for c in counting]
+        assert rows[0] == len(texts) and rows[-1] < rows[0]
+        assert rows[1:] == [int((layers > k).sum()) for k in (1, 2, 3)]
+        # a segment after an exit is fed only as wide as its longest remaining text
+        assert max(counting[0].widths) >= max(counting[1].widths or [0])
+
+
+def test_exits_false_runs_every_layer(exit_artifact, exit_folder):
+    model = load(exit_artifact("fp32"))
+    texts = _test_texts(exit_folder[1])[:40]
+    full = model.classify(texts, exits=False)
+    assert {g["exit_layer"] for g in full} == {4}
+    logits = model.encode(texts)["logits"]
+    names = tasks.label_names(model.manifest["task"], 3)
+    assert names == list(exit_data.LABELS)
+    assert [g["label"] for g in full] == [names[i] for i in logits.argmax(-1)]
+    with pytest.raises(UsageError, match="rule= applies"):
+        model.classify(texts, exits=False, rule={"kind": "patience", "patience": 1})
+
+
+def test_the_artifact_records_segments_and_its_gate(exit_artifact):
+    art = exit_artifact("fp32")
+    manifest = json.loads((art / "manifest.json").read_text())
+    for backend, entry in manifest["backends"].items():
+        assert len(entry["segments"]) == 4 and entry["total_layers"] == 4
+        assert [s["layer"] for s in entry["segments"]] == [1, 2, 3, 4]
+        assert all(s["hidden_in"] in s["inputs"] for s in entry["segments"][1:])
+        assert "input_ids" not in entry["segments"][1]["inputs"]  # later segments start from the hidden states
+    gate = manifest["exits"]["gate"]
+    assert set(gate["backends"]) == {"onnxruntime", "openvino"}
+    for r in gate["backends"].values():
+        assert r["texts"] == 300 and sum(r["exit_histogram"].values()) == 300 and r["mean_layers"] < 4
+    assert main(["verify", str(art)]) == 0  # the segment chain reproduces PyTorch's every output on golden texts
+
+
+def test_the_gate_refuses_exits_that_cost_too_much(exit_folder, tmp_path, capsys):
+    """Off-ramp 1 made to say "cats" for every text, the rule to exit there always: the held-out accuracy falls to
+    about a third and nothing is written."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder, data = exit_folder
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    weights = load_file(str(bad / "exits.safetensors"))
+    last = "ramps.1.2"
+    weights[f"{last}.weight"] = weights[f"{last}.weight"] * 0
+    weights[f"{last}.bias"] = weights[f"{last}.bias"] * 0
+    weights[f"{last}.bias"][0] = 20.0
+    save_file(weights, str(bad / "exits.safetensors"))
+    spec = json.loads((bad / "exits.json").read_text())
+    spec["rule"] = {"kind": "entropy", "threshold": 0.5}
+    (bad / "exits.json").write_text(json.dumps(spec))
+    code = main(["export", str(bad), "--eval-data", str(data / "test.tsv"), "--out", str(tmp_path / "art"),
+                 "--backends", "onnxruntime"])
+    err = capsys.readouterr().err
+    assert code == 4, err
+    assert "accuracy with exits" in err and not (tmp_path / "art").exists()
+
+
+def test_bad_input_is_refused_before_any_work(exit_folder, tiny_folder, tmp_path, capsys):
+    folder, data = exit_folder
+    # an early-exit folder needs held-out text to be gated on
+    assert main(["export", str(folder), "--out", str(tmp_path / "a")]) == 2
+    assert "--eval-data" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    model = data / "model"
+    cases = [
+        (["--layers", "4"], "off-ramps go after layers 1 to 3"),
+        (["--layers", "x"], "not a list of layer numbers"),
+        (["--max-accuracy-drop", "150%"], "between 0 and 100"),
+        (["--epochs", "0"], "positive whole number"),
+    ]
+    for extra, message in cases:
+        code = main(["exits", str(model), "--data", str(data / "train.tsv"), "--eval-data", str(data / "dev.tsv"),
+                     "--out", str(tmp_path / "e"), *extra])
+        assert code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "e").exists()
+    # off-ramps on a folder that already has them
+    assert main(["exits", str(folder), "--data", str(data / "train.tsv"), "--eval-data", str(data / "dev.tsv"),
+                 "--out", str(tmp_path / "e")]) == 2
+    assert "already has off-ramps" in capsys.readouterr().err
+    # an exits.json without its weights
+    half = tmp_path / "half"
+    import shutil
+
+    shutil.copytree(folder, half)
+    (half / "exits.safetensors").unlink()
+    assert main(["export", str(half), "--eval-data", str(data / "test.tsv"), "--out", str(tmp_path / "b")]) == 3
+    assert "has exits.json but no exits.safetensors" in capsys.readouterr().err
+
+
+def test_rules_leave_as_documented():
+    sure, unsure = np.array([[8.0, 0.0, 0.0]]), np.array([[0.1, 0.0, 0.0]])
+    assert rules.normalized_entropy(sure)[0] < 0.01 and rules.normalized_entropy(unsure)[0] > 0.99
+    assert rules.normalized_entropy(np.zeros((1, 5)))[0] == pytest.approx(1.0)
+    # patience 2: a text leaves once two off-ramps in a row repeat the one before
+    ramps = np.stack([np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 1.0]]),
+                      np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[0.0, 1.0], [0.0, 1.0]])])
+    final = np.array([[0.0, 1.0], [1.0, 0.0]])
+    pred, layer = rules.apply_offline({"kind": "patience", "patience": 2}, ramps, final, [1, 2, 3, 4], 6)
+    assert layer.tolist() == [3, 4] and pred.tolist() == [0, 1]
+    pred, layer = rules.apply_offline({"kind": "patience", "patience": 3}, ramps, final, [1, 2, 3, 4], 6)
+    assert layer.tolist() == [6, 6] and pred.tolist() == [1, 0]  # nobody left: the model's own prediction
+    pred, layer = rules.apply_offline({"kind": "entropy", "threshold": 0.0}, ramps, final, [1, 2, 3, 4], 6)
+    assert layer.tolist() == [6, 6]  # threshold 0: no text exits
+    for bad in ({"kind": "nope"}, {"kind": "entropy", "threshold": 2}, {"kind": "patience", "patience": 0}, None):
+        with pytest.raises(UsageError):
+            rules.check_rule(bad)
