@@ -60,6 +60,13 @@ def metric_value(record: dict[str, Any], metric: str, shape: str | None) -> floa
                              f"to judge {metric} on — re-export it (rank_agreement: a rerank, sparse-embedding or "
                              f"multi-vector artifact), or drop the {metric} budget")
         return record["fidelity"][metric]
+    if metric == "mean_exit_layer":
+        exits = record.get("exits")
+        if not exits or "text" not in exits["mean_layers"]:
+            raise UsageError(f"{record['path']} has no {'text workload' if exits else 'off-ramps'} to judge "
+                             "mean_exit_layer on — give the profile a [workload] text file, or drop the budget "
+                             "(it applies to artifacts exported from a `bertship exits` folder)")
+        return exits["mean_layers"]["text"]
     if metric == "load_s":
         return statistics.median(record["load_s"])
     if metric == "peak_rss_mb":

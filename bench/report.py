@@ -43,6 +43,10 @@ def _job_lines(results: dict[str, Any]) -> list[str]:
                      f"{', '.join(r['env']['providers']) or '-'}, {r['threads']} threads"
                      f"{', IO binding' if r['env']['io_binding'] else ''}; load {load:.2f} s, peak RSS "
                      f"{max(r['peak_rss_mb']):.0f} MB, {r['artifact_mb']:.1f} MB{fid}")
+        if r.get("exits"):
+            ex = r["exits"]
+            lines.append("  early exit: mean layers of " + str(ex["total_layers"]) + " — " + ", ".join(
+                f"{k} {v:.2f}" for k, v in ex["mean_layers"].items()))
         lines += [f"  note: {n}" for n in r["notes"]]
     return lines
 

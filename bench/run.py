@@ -139,6 +139,8 @@ def _merge(record: dict[str, Any], out: dict[str, Any], pass_index: int) -> None
     record["env"] = record["env"] or out["env"]
     if out.get("fidelity"):
         record["fidelity"] = out["fidelity"]
+    if out.get("exits"):
+        record["exits"] = out["exits"]
     record["notes"] = list(dict.fromkeys(record["notes"] + out["notes"]))
     for key, blocks in out["blocks"].items():
         shape = record["shapes"].setdefault(key, {"blocks": []})

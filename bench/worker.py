@@ -114,6 +114,17 @@ def _fidelity(model) -> dict[str, Any] | None:
             1.0 if report["ranking"]["top1_agreement"] is None else report["ranking"]["top1_agreement"]}
 
 
+def _exit_layers(model, work: dict[str, list]) -> dict[str, Any]:
+    """Per workload, the layers its texts ran before leaving (run once more, outside the timed blocks)."""
+    rule, total = model.exits["rule"], model.exits["total_layers"]
+    out: dict[str, Any] = {"rule": rule, "total_layers": total, "mean_layers": {}, "histogram": {}}
+    for key, calls in work.items():
+        layers = np.concatenate([model.runner.run_exits(feeds, rule)[1] for feeds, _ in calls])
+        out["mean_layers"][key] = float(layers.mean())
+        out["histogram"][key] = {str(k): int((layers == k).sum()) for k in [*model.exits["layers"], total]}
+    return out
+
+
 def _timed(call: Callable[[], Any], calls: int) -> list[float]:
     """Milliseconds of each of `calls` calls: the one timing loop every number comes from."""
     samples = []
@@ -183,6 +194,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         notes.append("the profile expects an ORT-format model (.ort); this artifact holds "
                      f"{model.manifest['backends'][args.backend]['model']}, which was timed instead")
     run = model.runner.run
+    if model.exits is not None:  # an early-exit artifact is timed as it runs: texts leave at their off-ramps
+        rule = model.exits["rule"]
+        run = lambda feeds: model.runner.run_exits(feeds, rule)  # noqa: E731
     # Each workload is a list of (feeds, items) calls; a block is `iters` calls of a shape, or one pass of the text.
     work: dict[str, list[tuple[dict[str, np.ndarray], int]]] = {f"{b}x{s}": [(real_feeds(model, b, s), b)]
                                                                  for b, s in args.shapes}
@@ -193,6 +207,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.warmup):
                 run(feeds)
     blocks = timed_blocks(run, work, args)
+    exits = _exit_layers(model, work) if model.exits is not None else None
     rss_mb = peak_rss_mb()  # before the golden batches run
     fidelity = _fidelity(model) if args.fidelity else None
     return {
@@ -208,6 +223,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                      "load_limit": args.load_limit, "retries": args.retries},
         "env": _environment(model, args, options),
         "fidelity": fidelity,
+        "exits": exits,
         "notes": notes,
         "blocks": blocks,
         "samples_ms": {key: [x for b in bl if b["kept"] for x in b["ms"]] for key, bl in blocks.items()},

@@ -200,6 +200,7 @@ def calibrate(ramp_logits: np.ndarray, final_logits: np.ndarray, labels: list[in
         acc = float((pred == truth).mean())
         return {"rule": rule, "accuracy": round(acc, 5), "agreement": round(float((pred == full_pred).mean()), 5),
                 "mean_layers": round(float(layer.mean()), 4), "exited": round(float((layer < total).mean()), 4),
+                "histogram": {str(k): int((layer == k).sum()) for k in [*layers, total]},
                 "within": acc >= floor - 1e-12}
 
     candidates = {"entropy": [{"kind": "entropy", "threshold": 0.0}], "patience": []}
@@ -299,3 +300,46 @@ def _check_out(out: Path, force: bool) -> None:
         raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
     if out.exists() and not (out / EXITS_FILE).is_file() and any(out.iterdir()):
         raise UsageError(f"{str(out)!r} is a non-empty folder that bertship exits did not write — choose another --out")
+
+
+def summary(spec: dict[str, Any]) -> str:
+    """`bertship analyze`'s lines for a folder with off-ramps: where the texts of --eval-data left under each rule."""
+    cal = spec["calibration"]
+    lines = [f"early exit: off-ramps after layers {','.join(map(str, spec['layers']))} of {cal['layers']}; rule "
+             f"{rules.describe(spec['rule'])} (calibrated on {cal['texts']} texts of {cal.get('data')})"]
+    for kind, m in cal["measured"].items():
+        hist = ", ".join(f"layer {k}: {v}" for k, v in m.get("histogram", {}).items())
+        lines.append(f"  {kind:<8} {rules.describe(m['rule'])}: mean {m['mean_layers']:.2f} layers, accuracy "
+                     f"{m['accuracy']:.4f} (full {cal['full_accuracy']:.4f}); texts leaving after {hist}")
+    return "\n".join(lines)
+
+
+def plot(spec: dict[str, Any], path: str | Path) -> Path:
+    """A bar chart of where the texts of --eval-data left, one group of bars per rule measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cal = spec["calibration"]
+    measured = cal["measured"]
+    layers = list(next(iter(measured.values()))["histogram"])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / max(len(measured), 1)
+    for i, (kind, m) in enumerate(measured.items()):
+        xs = [j + i * width for j in range(len(layers))]
+        chosen = " (chosen)" if m["rule"] == spec["rule"] else ""
+        ax.bar(xs, [m["histogram"][k] for k in layers], width,
+               label=f"{rules.describe(m['rule'])}{chosen}: mean {m['mean_layers']:.2f}, acc {m['accuracy']:.3f}")
+    ax.set_xticks([j + width * (len(measured) - 1) / 2 for j in range(len(layers))])
+    ax.set_xticklabels([f"{k}" + (" (all)" if k == str(cal["layers"]) else "") for k in layers])
+    ax.set_xlabel("layer the text left after")
+    ax.set_ylabel("texts")
+    ax.set_title(f"Early exit on {cal['texts']} held-out texts (full model accuracy {cal['full_accuracy']:.3f})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -39,6 +39,9 @@ METRICS: dict[str, Metric] = {
         Metric("rank_agreement", "share", "higher", False, False,
                "rerank, sparse-embedding, multi-vector: share of the golden queries whose best document stays first "
                "vs the golden PyTorch outputs, run on this machine (runtimes.retrieval)"),
+        Metric("mean_exit_layer", "layers", "lower", False, False,
+               "early-exit artifacts: mean number of layers a text of the text workload runs before it leaves "
+               "(runtimes.exits)"),
     )
 }
 BOUNDS = {"lower": ("max", "max_ratio"), "higher": ("min", "min_ratio")}

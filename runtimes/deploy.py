@@ -130,7 +130,7 @@ def _triton_python(path: str | Path, out: str | Path, *, max_batch: int, instanc
     if runtime not in built:
         raise UsageError(f"the artifact has no {runtime!r} model (it has {', '.join(built) or 'none'}) — pass "
                          f"--runtime {' or '.join(built) or 'onnxruntime'}")
-    root, manifest, name, out = _prepare(path, out, runtime, name, force)
+    root, manifest, name, out = _prepare(path, out, runtime, name, force, python=True)
     task = manifest["task"]["name"]
     if task not in PYTHON_OUTPUTS:
         raise UsageError(f"task {task!r} has no Python-backend outputs here — use --backend onnxruntime")
@@ -208,13 +208,17 @@ def _positive(option: str, value: Any) -> None:
 
 
 def _prepare(path: str | Path, out: str | Path, backend: str, name: str | None,
-             force: bool) -> tuple[Path, dict[str, Any], str, Path]:
+             force: bool, python: bool = False) -> tuple[Path, dict[str, Any], str, Path]:
     root, out = Path(path), Path(out)
     manifest = artifact.read_manifest(root)
     artifact.check_files(root, manifest, only=artifact.backend_files(manifest, backend))
     name = name or re.sub(r"[^A-Za-z0-9_-]+", "_", root.resolve().name).strip("_") or "model"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise UsageError(f"model name {name!r} has characters a model server rejects — use letters, digits, _ and -")
+    if manifest.get("exits") and not python:
+        raise UsageError("an early-exit artifact runs as a chain of segments that drop the texts that left between "
+                         "them; a model server's onnxruntime/openvino backend runs one graph — deploy it with "
+                         "`bertship deploy triton --backend python`, or serve it with `bertship serve`")
     if out.exists() and not force:
         raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
     if out.exists() and not (out / RECORD).is_file() and (not out.is_dir() or any(out.iterdir())):
@@ -224,18 +228,22 @@ def _prepare(path: str | Path, out: str | Path, backend: str, name: str | None,
 
 def _output_dims(root: Path, manifest: dict[str, Any], backend: str) -> list[list[int]]:
     """Each output's dims after the batch axis, read from the model file itself: -1 where the axis is dynamic."""
-    path = str(root / manifest["backends"][backend]["model"])
+    entry = manifest["backends"][backend]
     names = [o["name"] for o in manifest["signature"]["outputs"]]
-    if backend == "onnxruntime":
-        ort = backends.require("onnxruntime")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only the shapes are read
-        shapes = {o.name: o.shape for o in ort.InferenceSession(path, options).get_outputs()}
-    else:
-        ov = backends.require("openvino")
-        model = ov.Core().read_model(path)
-        shapes = {o.get_any_name(): [d.get_length() if d.is_static else None for d in o.get_partial_shape()]
-                  for o in model.outputs}
+    shapes: dict[str, Any] = {}
+    # an early-exit artifact's outputs come from its segments: each off-ramp's logits from its own
+    for rel in [s["model"] for s in entry["segments"]] if "segments" in entry else [entry["model"]]:
+        path = str(root / rel)
+        if backend == "onnxruntime":
+            ort = backends.require("onnxruntime")
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only the shapes are read
+            shapes.update({o.name: o.shape for o in ort.InferenceSession(path, options).get_outputs()})
+        else:
+            ov = backends.require("openvino")
+            model = ov.Core().read_model(path)
+            shapes.update({o.get_any_name(): [d.get_length() if d.is_static else None for d in o.get_partial_shape()]
+                           for o in model.outputs})
     return [[d if isinstance(d, int) and d > 0 else -1 for d in shapes[n][1:]] for n in names]
 
 

@@ -8,6 +8,7 @@ Endpoints (POST, JSON bodies; docs/serving.md has the schemas):
     /v1/embed_sparse   SPLADE: input, top_k                       -> data[{index, indices, values}]
     /v1/embed_multi    ColBERT-style: input                       -> data[{index, embeddings: [[...], ...]}]
     /v1/classify       input, pairs, top_k                        -> data[{index, label, score} | {index, labels}]
+                                                                     (+ exit_layer for an early-exit artifact)
     /v1/rerank         query, documents, top_n, return_documents  -> results[{index, relevance_score, document}]
     /v1/answer         question, context (str or equal lists)     -> data[{index, answer, score, start, end}]
     /v1/tag            input                                      -> data[{index, entities: [...]}]
@@ -141,6 +142,9 @@ class Service:
     def _run(self, encodings: list[Any]) -> list[Any]:
         """One padded batch through the runner; per text, the row(s) its task's answer is made from."""
         feeds = self.model.tokenizer.pad(encodings)
+        if self.model.exits is not None:  # an early-exit classifier: each text leaves at its off-ramp, and the batch
+            logits, layers = self.model.runner.run_exits(feeds, self.model.exits["rule"])  # shrinks as they do
+            return [(row, int(layer)) for row, layer in zip(logits, layers)]
         outs = self.model.runner.run(feeds)
         lengths = feeds["attention_mask"].sum(1)
         task = self.task
@@ -215,9 +219,13 @@ class Service:
             raise RequestError(422, f"got {len(texts)} inputs but {len(pairs)} pairs — pass one pair per input")
         top_k = optional_int(body, "top_k") or 1
         rows, tokens, _ = await self._rows(texts, pairs, body)
-        logits = np.stack(rows)
+        exits = [layer for _, layer in rows] if self.model.exits is not None else None
+        logits = np.stack([row for row, _ in rows] if exits is not None else rows)
         best = tasks.top_labels(logits, tasks.label_names(self.settings, logits.shape[-1]), top_k)
         data = [{"index": i, **b[0]} if top_k == 1 else {"index": i, "labels": b} for i, b in enumerate(best)]
+        if exits is not None:
+            for item, layer in zip(data, exits):
+                item["exit_layer"] = layer
         return {"object": "list", "model": self.name, "usage": usage(tokens), "data": data}
 
     async def _rerank(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -80,7 +80,10 @@ class TritonPythonModel:
         return {"EMBEDDING": self.model.embed(texts, batch_size=self.bucket).astype(np.float32)}
 
     def _classify(self, texts, pairs):
-        logits = np.asarray(self.model.encode(texts, pairs, batch_size=self.bucket), dtype=np.float32)
+        if self.model.exits is not None:  # early exit: texts leave at their off-ramps, each batch shrinks as they do
+            logits, _ = self.model.exit_logits(texts, pairs, batch_size=self.bucket)
+        else:
+            logits = np.asarray(self.model.encode(texts, pairs, batch_size=self.bucket), dtype=np.float32)
         labels = tasks.label_names(self.model.manifest["task"], logits.shape[-1])
         best = [row[0] for row in tasks.top_labels(logits, labels, 1)]
         return {"LOGITS": logits, "LABEL": _bytes([b["label"] for b in best]),

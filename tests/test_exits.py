@@ -235,3 +235,85 @@ def test_rules_leave_as_documented():
     for bad in ({"kind": "nope"}, {"kind": "entropy", "threshold": 2}, {"kind": "patience", "patience": 0}, None):
         with pytest.raises(UsageError):
             rules.check_rule(bad)
+
+
+EXIT_PROFILE = """
+name = "exits"
+[recipes]
+candidates = ["fp32"]
+[[runtimes]]
+backend = "onnxruntime"
+threads = [1]
+[workload]
+batches = [4]
+sequences = [16]
+text = "texts.txt"
+text_batch = 8
+[measure]
+warmup = 1
+iterations = 2
+rounds = 1
+passes = 1
+[[budgets]]
+metric = "mean_exit_layer"
+max = {limit}
+"""
+
+
+def test_bench_times_the_exits_and_budgets_name_the_mean_exit_layer(exit_artifact, exit_folder, tmp_path, capsys):
+    art = exit_artifact("fp32")
+    texts = _test_texts(exit_folder[1])[:64]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    model = load(art, backend="onnxruntime")
+    mean = float(np.mean([g["exit_layer"] for g in model.classify(texts)]))
+    assert mean < 4  # the calibrated rule lets texts leave
+    for limit, code in ((4.0, 0), (max(mean - 0.5, 0.1), 7)):
+        (tmp_path / "p.toml").write_text(EXIT_PROFILE.format(limit=limit))
+        out = tmp_path / f"bench-{code}.json"
+        got = main(["check", str(art), "--profile", str(tmp_path / "p.toml"), "--json", str(out)])
+        assert got == code, capsys.readouterr().err
+        job = json.loads(out.read_text())["jobs"]["candidate/onnxruntime/threads=1"]
+        assert job["exits"]["mean_layers"]["text"] == pytest.approx(mean)
+        assert sum(job["exits"]["histogram"]["text"].values()) == len(texts)
+
+
+def test_serve_and_triton_python_run_the_exits(exit_artifact, exit_folder, tmp_path, capsys):
+    import asyncio
+
+    from bertship.runtimes.service import Service
+
+    art = exit_artifact("fp32")
+    texts = _test_texts(exit_folder[1])[:24]
+    model = load(art, backend="onnxruntime")
+    rule = _midway_rule(model, texts)
+    model.exits["rule"] = rule  # a rule that splits these texts between layer 1 and later layers
+    want = model.classify(texts)
+    assert len({w["exit_layer"] for w in want}) >= 2
+    service = Service(model)
+    try:
+        reply = asyncio.run(service.call("/v1/classify", json.dumps({"input": texts}).encode()))
+        body = json.loads(reply.json())
+    finally:
+        service.close()
+    assert reply.status == 200
+    got = [{k: v for k, v in d.items() if k != "index"} for d in body["data"]]
+    assert [(g["label"], g["exit_layer"]) for g in got] == [(w["label"], w["exit_layer"]) for w in want]
+    np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-5)
+    # a model server's own onnxruntime backend runs one graph: refused; the Python backend runs the chain
+    assert main(["deploy", "triton", str(art), "--out", str(tmp_path / "t")]) == 2
+    assert "deploy it with `bertship deploy triton --backend python`" in capsys.readouterr().err
+    assert main(["deploy", "triton", str(art), "--backend", "python", "--out", str(tmp_path / "p")]) == 0
+    copied = tmp_path / "p" / art.name / "1" / "artifact"
+    assert sorted(p.name for p in (copied / "onnxruntime").iterdir()) == [f"segment{k}.onnx" for k in range(4)]
+    assert load(copied).exits is not None
+
+
+def test_analyze_shows_where_the_texts_left(exit_folder, tmp_path, capsys):
+    folder, _ = exit_folder
+    assert main(["analyze", str(folder), "--plot", str(tmp_path / "a.png")]) == 0
+    out = capsys.readouterr().out
+    spec = json.loads((folder / "exits.json").read_text())
+    for kind, m in spec["calibration"]["measured"].items():
+        assert sum(m["histogram"].values()) == spec["calibration"]["texts"]
+        assert f"  {kind:<8} " in out
+    assert (tmp_path / "a-exits.png").stat().st_size > 0

@@ -286,6 +286,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(f"wrote {args.json_file}")
     if args.plot:
         print(f"wrote {plot(report, args.plot)}")
+    folder = Path(args.model or default_model_path())
+    if (folder / "exits.json").is_file():  # a `bertship exits` folder: where its held-out texts left
+        from bertship.exporter import exits
+
+        spec = json.loads((folder / "exits.json").read_text(encoding="utf-8"))
+        print(exits.summary(spec))
+        if args.plot:
+            target = Path(args.plot)
+            print(f"wrote {exits.plot(spec, target.with_name(target.stem + '-exits' + target.suffix))}")
     return 0
 
 
