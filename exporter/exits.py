@@ -68,22 +68,39 @@ def parse_layers(text: str | None, total: int) -> list[int]:
     return layers
 
 
-def make_ramps(layers: list[int], hidden: int, labels: int):
-    """The off-ramps as one torch module: ramps[str(layer)] maps a [batch, hidden] first-token state to logits."""
+POOLINGS = ("cls", "cls+mean")
+POOLED = {"cls": "first token", "cls+mean": "first token and the mean of its real tokens"}
+
+
+def make_ramps(layers: list[int], hidden: int, labels: int, pooling: str = "cls"):
+    """The off-ramps as one torch module: ramps[str(layer)] maps a layer's pooled state to logits. `pooling` "cls"
+    reads the first token (as BERT's pooler); "cls+mean" the first token beside the mean of the real tokens."""
     import torch
+
+    if pooling not in POOLINGS:
+        raise UsageError(f"unknown off-ramp pooling {pooling!r} — choose from: {', '.join(POOLINGS)}")
+    width = hidden * (2 if pooling == "cls+mean" else 1)
 
     class OffRamps(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.layers = list(layers)
+            self.pooling = pooling
             self.ramps = torch.nn.ModuleDict({
-                str(layer): torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
+                str(layer): torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.Tanh(),
                                                 torch.nn.Linear(hidden, labels))
                 for layer in layers})
 
-        def forward(self, hidden_states):
+        def features(self, state, mask):
+            """One layer's [batch, tokens, hidden] state -> what its off-ramp reads."""
+            if self.pooling == "cls":
+                return state[:, 0]
+            m = mask.unsqueeze(-1).to(state.dtype)
+            return torch.cat([state[:, 0], (state * m).sum(1) / m.sum(1).clamp(min=1.0)], -1)
+
+        def forward(self, hidden_states, mask):
             """hidden_states: transformers' tuple (embeddings, layer 1, …); the logits of every off-ramp, in order."""
-            return tuple(self.ramps[str(layer)](hidden_states[layer][:, 0]) for layer in self.layers)
+            return tuple(self.ramps[str(layer)](self.features(hidden_states[layer], mask)) for layer in self.layers)
 
     return OffRamps()
 
@@ -112,7 +129,7 @@ def read_exits(root: Path, config: Any) -> tuple[Any, dict[str, Any]] | None:
                           "does not have — re-run `bertship exits` on this model")
     from safetensors.torch import load_file
 
-    ramps = make_ramps(layers, hidden_width(config), labels)
+    ramps = make_ramps(layers, hidden_width(config), labels, spec.get("pooling", "cls"))
     try:
         ramps.load_state_dict(load_file(str(ramps_path)))
     except RuntimeError as exc:
@@ -122,9 +139,9 @@ def read_exits(root: Path, config: Any) -> tuple[Any, dict[str, Any]] | None:
 
 
 def _features(source: Any, texts: list[str], pairs: list[str] | None, layers: list[int], batch_size: int,
-              max_length: int, ramps: Any | None, log: Callable[[str], None], what: str):
-    """One pass of the frozen model over the texts: the first-token state at each off-ramp layer [N, hidden] and the
-    final logits [N, labels] (and, given ramps, each off-ramp's logits)."""
+              max_length: int, ramps: Any, score: bool, log: Callable[[str], None], what: str):
+    """One pass of the frozen model over the texts: what each off-ramp reads [N, width] and the final logits
+    [N, labels] (and, with `score`, each off-ramp's logits)."""
     import torch
 
     firsts: dict[int, list[Any]] = {layer: [] for layer in layers}
@@ -138,10 +155,10 @@ def _features(source: Any, texts: list[str], pairs: list[str] | None, layers: li
                                    max_length=max_length, return_tensors="pt")
             out = model(**{k: enc[k] for k in source.family.inputs}, output_hidden_states=True, return_dict=True)
             for layer in layers:
-                firsts[layer].append(out.hidden_states[layer][:, 0])
+                firsts[layer].append(ramps.features(out.hidden_states[layer], enc["attention_mask"]))
             finals.append(out.logits)
-            if ramps is not None:
-                ramp_logits.append(torch.stack(ramps(out.hidden_states), 0))
+            if score:
+                ramp_logits.append(torch.stack(ramps(out.hidden_states, enc["attention_mask"]), 0))
             now = time.perf_counter()
             if now - last_log > 10 or i + batch_size >= len(texts):
                 last_log = now
@@ -205,8 +222,9 @@ def calibrate(ramp_logits: np.ndarray, final_logits: np.ndarray, labels: list[in
 
     candidates = {"entropy": [{"kind": "entropy", "threshold": 0.0}], "patience": []}
     entropies = np.unique(np.round(rules.normalized_entropy(ramp_logits), 6))
-    for t in entropies[:: max(1, len(entropies) // 400)].tolist() + [float(entropies.max()) + 1e-6]:
-        candidates["entropy"].append({"kind": "entropy", "threshold": round(float(t) + 1e-6, 6)})
+    for t in entropies[:: max(1, len(entropies) // 400)].tolist() + [float(entropies.max())]:
+        # just above a measured entropy, so that text leaves; 1.0 (every text but a uniform one) at most
+        candidates["entropy"].append({"kind": "entropy", "threshold": min(round(float(t) + 1e-6, 6), 1.0)})
     for p in range(1, len(layers)):
         candidates["patience"].append({"kind": "patience", "patience": p})
     best: dict[str, Any] = {}
@@ -222,7 +240,8 @@ def calibrate(ramp_logits: np.ndarray, final_logits: np.ndarray, labels: list[in
 
 
 def train_exits(path: str | Path, data: str | Path, out: str | Path, *, eval_data: str | Path,
-                layers: str | None = None, max_accuracy_drop: str | float = "1%", epochs: int = 30, lr: float = 1e-3,
+                layers: str | None = None, max_accuracy_drop: str | float = "1%", pooling: str = "cls",
+                epochs: int = 30, lr: float = 1e-3,
                 batch_size: int = 32, max_length: int = 128, seed: int = 0, force: bool = False,
                 log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """`bertship exits`: off-ramps for a fine-tuned classifier folder, calibrated; writes `out`, returns exits.json."""
@@ -254,13 +273,13 @@ def train_exits(path: str | Path, data: str | Path, out: str | Path, *, eval_dat
         raise UsageError("--data and --eval-data differ: one has text pairs and the other not — give both the same form")
     length = min(max_length, source.max_length)
     labels = int(source.model.config.num_labels)
-    ramps = make_ramps(chosen, hidden_width(source.model.config), labels)
+    ramps = make_ramps(chosen, hidden_width(source.model.config), labels, pooling)
     log(f"[bertship] exits    {total}-layer {source.family.name} classifier, off-ramps after layers "
         f"{','.join(map(str, chosen))}; the backbone stays frozen")
-    feats, teacher, _ = _features(source, train.texts, train.pairs, chosen, batch_size, length, None, log,
-                                  "first-token states of --data")
+    feats, teacher, _ = _features(source, train.texts, train.pairs, chosen, batch_size, length, ramps, False, log,
+                                  "off-ramp inputs on --data")
     losses = distill(ramps, feats, teacher, epochs, lr, batch_size, seed, log)
-    _, final, ramp_logits = _features(source, held.texts, held.pairs, chosen, batch_size, length, ramps, log,
+    _, final, ramp_logits = _features(source, held.texts, held.pairs, chosen, batch_size, length, ramps, True, log,
                                       "calibrating on --eval-data")
     calibration = calibrate(ramp_logits, final.numpy(), held.labels, chosen, total, max_drop)
     m = calibration["measured"]
@@ -269,8 +288,8 @@ def train_exits(path: str | Path, data: str | Path, out: str | Path, *, eval_dat
             f"average, accuracy {r['accuracy']:.4f} (full model {calibration['full_accuracy']:.4f}), "
             f"{r['exited'] * 100:.0f} % exit early")
     log(f"[bertship] exits    chosen: {rules.describe(calibration['rule'])}")
-    spec = {"format": FORMAT, "layers": chosen, "labels": labels, "rule": calibration["rule"],
-            "head": "Dense(hidden, hidden) + tanh + Linear(hidden, labels) on the layer's first token",
+    spec = {"format": FORMAT, "layers": chosen, "labels": labels, "rule": calibration["rule"], "pooling": pooling,
+            "head": f"Dense + tanh + Linear(hidden, labels) on the layer's {POOLED[pooling]}",
             "calibration": {**calibration, "data": str(eval_data)},
             "training": {"data": str(data), "texts": len(train.texts), "epochs": epochs, "lr": lr,
                          "batch_size": batch_size, "max_length": length, "seed": seed, "temperature": TEMPERATURE,

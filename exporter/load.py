@@ -39,6 +39,8 @@ class Source:
     settings: dict[str, Any] = field(default_factory=dict)  # the task's own settings, recorded in the manifest's task
     exits: Any = None  # early exit (exporter.exits): the off-ramps module, its layers in exits_spec["layers"]
     exits_spec: dict[str, Any] | None = None  # the folder's exits.json
+    tokens: Any = None  # token elimination (exporter.tokens): the eliminating module over `model`
+    tokens_spec: dict[str, Any] | None = None  # the folder's tokens.json
 
     def release_weights(self) -> None:
         """Free the PyTorch weights once the graph and the references exist: later stages read only the config, and a
@@ -138,7 +140,28 @@ def load_folder(
     source.max_length = _max_length(source, max_length, st)
     _check_tokenizer(source)
     _attach_exits(source, root)
+    _attach_tokens(source, root)
     return source
+
+
+def _attach_tokens(source: Source, root: Path) -> None:
+    """A folder written by `bertship tokens` brings its retention schedule: the graph eliminates tokens after each
+    layer (exporter.tokens), for the task the schedule was judged on."""
+    from .tokens import TOKENS_FILE, check_model, make_eliminating, read_tokens
+
+    if not (root / TOKENS_FILE).is_file():
+        return
+    spec = read_tokens(root, source.model)
+    if spec.get("task") != source.task.name:
+        raise UsageError(f"{root / TOKENS_FILE} holds a schedule judged for {spec.get('task')}, not "
+                         f"{source.task.name} — export it with --task {spec.get('task')}, or re-run `bertship "
+                         "tokens` for this task")
+    if source.exits is not None:
+        raise UsageError(f"{root} has off-ramps and a token schedule; bertship exports one or the other today — "
+                         "export the `bertship exits` folder and the `bertship tokens` folder separately")
+    check_model(source.model, source.family.name, source.task.name)
+    source.tokens, source.tokens_spec = make_eliminating(source.model, spec["schedule"]), spec
+    source.info["tokens_sha256"] = _sha256_files(root, [TOKENS_FILE])
 
 
 def _attach_exits(source: Source, root: Path) -> None:

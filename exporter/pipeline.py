@@ -194,7 +194,9 @@ def export(
                                         work / "fused.onnx",
                                         removed=compaction.removed_sublayers() if compaction else None)
             log(f"[bertship]          fused: {', '.join(f'{k} {v}' for k, v in fusion.counts.items()) or 'nothing'}")
-            if qat_record is None:  # Q/DQ pairs break the float fusion patterns; ORT fuses them its own way at load
+            if source.tokens is not None:  # the layer loop that gathers tokens is not a pattern ORT's fusions know
+                fusion = replace(fusion, note=(fusion.note + " " if fusion.note else "") + TOKENS_FUSION_NOTE)
+            elif qat_record is None:  # Q/DQ pairs break the float fusion patterns; ORT fuses them its own way at load
                 graph.check(fusion, opts.allow_missing_fusions)
         calib = []
         if calib_texts is not None and recipe.needs_calibration:
@@ -203,7 +205,8 @@ def export(
         fixed = tuple(k for k, v in (("calibration_method", opts.calibration_method),) if v is not None)
         ctx = quantize.BuildContext(staging, plain, work / "fused.onnx" if fusion else None, opts.ort_graph, recipe,
                                     calib, cpu["flags"], platform.machine(), source.tokenizer.pad_token_id,
-                                    work=work, fixed_params=fixed, external_data=opts.external_data)
+                                    work=work, fixed_params=fixed, external_data=opts.external_data,
+                                    float_scope="/exits/" if source.exits is not None else None)
         built: dict[str, Any] = {}
         fallbacks: dict[str, Any] = {}
         targets = _targets(names, opts.target_cpu, recipe.name, log)
@@ -257,6 +260,10 @@ def export(
             manifest["compaction"] = compaction.as_dict()
         if source.exits is not None:
             manifest["exits"] = _exits_record(source)
+        if source.tokens is not None:
+            spec = source.tokens_spec
+            manifest["tokens"] = {k: spec.get(k) for k in ("schedule", "layers", "score", "kept_at", "judged_on",
+                                                           "result", "recovery")}
         if fusion is not None:
             manifest["graph"] = {"fusions": fusion.as_dict(), "allow_missing_fusions": opts.allow_missing_fusions}
         with stages.stage("verify", f"{' + '.join(built)} vs PyTorch fp32 on {len(texts)} golden texts (batched, "
@@ -320,6 +327,11 @@ def _segment(staging: Path, name: str, entry: dict[str, Any], source: load_stage
             "build": {**entry.get("build", {}), "segments": len(segs)}}
 
 
+TOKENS_FUSION_NOTE = ("token elimination: the attention of a layer loop that gathers the kept tokens and their mask "
+                      "after each layer is not a pattern ONNX Runtime's fusions match (its Attention stays unfused); "
+                      "accepted for this graph")
+
+
 def _has_exits(model: Any) -> bool:
     """Whether the model folder (not a model in memory) was written by `bertship exits`."""
     from .exits import EXITS_FILE
@@ -330,6 +342,7 @@ def _has_exits(model: Any) -> bool:
 def _exits_record(source: load_stage.Source) -> dict[str, Any]:
     spec = source.exits_spec or {}
     return {"layers": list(source.exits.layers), "rule": spec["rule"], "head": spec.get("head"),
+            "precision": "the off-ramps stay float under every int8 recipe (exporter.quantize.BuildContext.float_scope)",
             "calibration": spec.get("calibration"), "training": {k: v for k, v in spec.get("training", {}).items()
                                                                  if k != "losses"}}
 

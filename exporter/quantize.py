@@ -8,6 +8,7 @@ onnxruntime.transformers for ONNX Runtime, openvino and nncf for OpenVINO.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -53,6 +54,19 @@ class BuildContext:
     work: Path | None = None  # where int8-mixed keeps its all-int8 models between trials (default: staging/_work)
     fixed_params: tuple[str, ...] = ()  # recipe parameters the user set: int8-mixed does not vary them
     external_data: str = "auto"  # onnxio.MODES: where ONNX Runtime models keep their weights
+    # ops whose node names start with this stay float under every int8 recipe: an early-exit graph's off-ramps
+    # ("/exits/"), a few small ops per off-ramp (no speed to gain), so the only int8 error they see is the backbone's
+    float_scope: str | None = None
+
+
+def _scoped(ctx: BuildContext, graph: Path) -> list[str]:
+    """Names of the ops under ctx.float_scope in an ONNX graph (none without a scope)."""
+    if not ctx.float_scope:
+        return []
+    import onnx
+
+    return [n.name for n in onnx.load(str(graph), load_external_data=False).graph.node
+            if n.name.startswith(ctx.float_scope)]
 
 
 def _ort_source(ctx: BuildContext) -> Path:
@@ -132,7 +146,8 @@ def ort_int8_dynamic(ctx: BuildContext) -> dict[str, Any]:
     _check_names(_ort_source(ctx), ctx.exclude)
     quantize_dynamic(
         str(_ort_source(ctx)), str(_ort_target(ctx)), per_channel=True, reduce_range=reduce_range,
-        weight_type=QuantType.QInt8, nodes_to_exclude=list(ctx.exclude), use_external_data_format=_external(ctx),
+        weight_type=QuantType.QInt8, nodes_to_exclude=[*ctx.exclude, *_scoped(ctx, _ort_source(ctx))],
+        use_external_data_format=_external(ctx),
         # the fused graph holds ORT contrib ops whose output types the quantizer cannot infer without a default
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
@@ -198,7 +213,7 @@ def _ort_static(ctx: BuildContext, target: Path, exclude: tuple[str, ...]) -> di
         str(pre), str(target), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
         per_channel=params["per_channel"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         op_types_to_quantize=list(params["op_types"]), calibrate_method=methods[params["calibration_method"]],
-        nodes_to_exclude=list(exclude), reduce_range=seven_bit_weights(ctx),
+        nodes_to_exclude=[*exclude, *_scoped(ctx, pre)], reduce_range=seven_bit_weights(ctx),
         extra_options={"CalibTensorRangeSymmetric": False, **options}, use_external_data_format=big,
     )
     return _ort_static_record(ctx)
@@ -316,7 +331,8 @@ def _ov_static(ctx: BuildContext, exclude: tuple[str, ...], smooth_quant_alpha: 
     """nncf.quantize (TRANSFORMER preset: SmoothQuant, fast bias correction) of the plain export; `exclude`: name
     regexes of ops NNCF must leave in float."""
     nncf = _nncf()
-    scope = nncf.IgnoredScope(patterns=list(exclude), validate=True) if exclude else None
+    patterns = [*exclude, *([f".*{re.escape(ctx.float_scope)}.*"] if ctx.float_scope else [])]
+    scope = nncf.IgnoredScope(patterns=patterns, validate=True) if patterns else None
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, AdvancedSmoothQuantParameters,
                                                         OverflowFix)
 

@@ -28,12 +28,18 @@ def graph_module(source: Source):
             self.model = source.model
             self.dense = torch.nn.ModuleList(source.dense)
             self.exits = source.exits
+            self.tokens = source.tokens
 
         def forward(self, *args):
             feeds = dict(zip(source.family.inputs, args))
+            if self.tokens is not None:  # token elimination: the task's output from the kept tokens
+                from .heads import pool
+                from .tokens import task_value
+
+                return task_value(source, self.tokens, feeds, pool)
             if self.exits is not None:  # early exit: the final logits, each off-ramp's, then the hidden states to cut at
                 out = self.model(**feeds, return_dict=True, output_hidden_states=True)
-                return (out.logits, *self.exits(out.hidden_states),
+                return (out.logits, *self.exits(out.hidden_states, feeds["attention_mask"]),
                         *(out.hidden_states[layer] for layer in self.exits.layers))
             return task_outputs(source, self.dense, self.model(**feeds, return_dict=True), feeds)
 

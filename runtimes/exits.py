@@ -30,7 +30,7 @@ def check_rule(rule: Any) -> dict[str, Any]:
         raise UsageError(f"unknown exit rule {rule!r} — {shape}")
     if rule["kind"] == "entropy":
         t = rule.get("threshold")
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.000001:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
             raise UsageError(f"entropy threshold {t!r} must be a number in [0, 1] (0: no text exits) — {shape}")
     else:
         p = rule.get("patience")

@@ -66,6 +66,20 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
                 lines.append(f"| {backend} | {r['texts']} | {r['accuracy']:.4f} | {r['full_model_accuracy']:.4f} | "
                              f"{r['accuracy_drop'] * 100:.2f} % | {r['agreement']:.4f} | {r['mean_layers']:.2f} | "
                              f"{hist} |")
+    tokens = manifest.get("tokens")
+    if tokens:
+        kept = "; ".join(f"{n} tokens → {' → '.join(map(str, k))}" for n, k in (tokens.get("kept_at") or {}).items())
+        res = tokens.get("result") or {}
+        judged = tokens.get("judged_on") or {}
+        score = (f"accuracy {res['accuracy']:.4f} (full {judged.get('full_model', {}).get('accuracy', 0):.4f})"
+                 if "accuracy" in res else f"cosine min {res.get('cosine_min', 0):.4f}")
+        lines += ["", "## Token elimination", "",
+                  f"- tokens kept after layers 1-{len(tokens['schedule'])}: {', '.join(f'{x:g}' for x in tokens['schedule'])} "
+                  f"of each text's; {res.get('cost', 0):.2f} of the full model's layer work",
+                  f"- per layer: {kept}",
+                  f"- judged on {judged.get('texts')} texts of {judged.get('data')}: {score}"
+                  + (f"; recovered with {tokens['recovery']['steps']} distillation steps" if tokens.get("recovery")
+                     else "")]
     fusions = manifest.get("graph", {}).get("fusions")
     if fusions:
         counts = ", ".join(f"{k} {v}" for k, v in fusions["counts"].items()) or "none"

@@ -60,16 +60,56 @@ def backend_checks(
     gots = [runner.run(f) for f in feeds]
     golden_s = time.perf_counter() - start
     masks = [f["attention_mask"] for f in feeds]
+    exits = manifest.get("exits")
+    # an early-exit artifact's off-ramp logits count only where a text leaves by them: judged through the rule
+    judged = [o for o in manifest["signature"]["outputs"] if not (exits and o["name"].startswith("exit"))]
     checks = [
         compare(o["name"], o["axes"], o.get("argmax"), [r[o["name"]] for r in refs], [g[o["name"]] for g in gots],
                 masks, tolerance)
-        for o in manifest["signature"]["outputs"]
+        for o in judged
     ]
     usage, failures = usage_checks(runner, manifest, feeds, refs, gots, texts, tolerance, sweep)
+    if exits:
+        usage["exits"], exit_failures = exit_checks(exits, getattr(runner, "total_layers", None), refs, gots,
+                                                    tolerance)
+        failures += exit_failures
     usage["check_s"] = {"golden_batches": round(golden_s, 3), **usage["check_s"]}
     report = {"precision": runner.precision, "outputs": [c.as_dict() for c in checks], **usage}
     failures = [msg for c in checks for msg in c.failures] + failures
     return report, [f"{runner.backend}: {msg}" for msg in failures]
+
+
+def exit_checks(exits: dict[str, Any], total: int | None, refs: Feeds, gots: Feeds,
+                tol: Tolerance) -> tuple[dict[str, Any], list[str]]:
+    """An early-exit artifact on the golden batches: the rule applied to PyTorch's off-ramp logits and to the
+    runtime's, per text; the predictions must agree (as argmax agreement on decisive texts: the logits the text
+    leaves by have a top-2 margin above argmax_margin), the exit layers are reported."""
+    from .exits import apply_offline
+
+    layers = list(exits["layers"])
+    total = total or max(layers) + 1
+    got_pred, got_layer, ref_pred, ref_layer, decisive = [], [], [], [], []
+    for ref, got in zip(refs, gots):
+        for outs, preds, where in ((ref, ref_pred, ref_layer), (got, got_pred, got_layer)):
+            ramps = np.stack([np.asarray(outs[f"exit{k}_logits"], dtype=np.float64) for k in layers])
+            pred, layer = apply_offline(exits["rule"], ramps, np.asarray(outs["logits"], dtype=np.float64), layers,
+                                        total)
+            preds.append(pred)
+            where.append(layer)
+        used = np.stack([np.asarray(ref[f"exit{k}_logits"]) for k in layers] + [np.asarray(ref["logits"])])
+        index = np.array([layers.index(x) if x in layers else len(layers) for x in ref_layer[-1]])
+        chosen = np.sort(used[index, np.arange(len(index))], axis=-1)
+        decisive.append(chosen[:, -1] - chosen[:, -2] > tol.argmax_margin)
+    rp, gp, rl, gl, dec = (np.concatenate(x) for x in (ref_pred, got_pred, ref_layer, got_layer, decisive))
+    agreement = float((rp == gp)[dec].mean()) if dec.any() else 1.0
+    report = {"texts": int(len(rp)), "prediction_agreement": round(agreement, 5),
+              "exit_layer_agreement": round(float((rl == gl).mean()), 5),
+              "mean_layers": {"reference": round(float(rl.mean()), 4), "runtime": round(float(gl.mean()), 4)}}
+    failures = []
+    if agreement < tol.min_argmax_agreement:
+        failures.append(f"early exit: predictions by the exit rule agree with PyTorch's on {agreement:.4f} of the "
+                        f"decisive golden texts < {tol.min_argmax_agreement}")
+    return report, failures
 
 
 # tasks whose outputs are vectors compared by cosine at every sweep length (a classifier's logits are judged by argmax)

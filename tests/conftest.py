@@ -121,6 +121,15 @@ def task_artifact(tiny_folder, tiny_artifact, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fine_tuned(tmp_path_factory):
+    """A folder with `model/` (a tiny 4-layer BERT classifier fine-tuned on tests.exit_data's task) and its
+    train.tsv, dev.tsv and test.tsv, made once per run: what the dynamic-inference tests start from."""
+    from tests import exit_data
+
+    return built_once(tmp_path_factory, "fine-tuned-tiny", lambda root: exit_data.save(root, steps=120))
+
+
+@pytest.fixture(scope="session")
 def minilm_artifact(tmp_path_factory):
     """The bundled real all-MiniLM-L6-v2 exported to both backends (about 10 s)."""
     from bertship.exporter import export

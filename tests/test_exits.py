@@ -20,17 +20,16 @@ pytestmark = pytest.mark.xdist_group("exits")
 
 
 @pytest.fixture(scope="module")
-def exit_folder(tmp_path_factory):
-    """(folder with off-ramps, data folder): a tiny 4-layer BERT fine-tuned on exit_data's task, off-ramps after
-    layers 1-3, calibrated on dev.tsv."""
+def exit_folder(fine_tuned, tmp_path_factory):
+    """(folder with off-ramps, data folder): the fine-tuned tiny 4-layer BERT with off-ramps after layers 1-3,
+    calibrated on dev.tsv."""
     from bertship.exporter.exits import train_exits
 
     def build(root: Path) -> None:
-        model = exit_data.save(root, steps=120)
-        train_exits(model, root / "train.tsv", root / "exits", eval_data=root / "dev.tsv", max_accuracy_drop="2%")
+        train_exits(fine_tuned / "model", fine_tuned / "train.tsv", root / "exits", eval_data=fine_tuned / "dev.tsv",
+                    max_accuracy_drop="2%")
 
-    root = built_once(tmp_path_factory, "exit-folder", build)
-    return root / "exits", root
+    return built_once(tmp_path_factory, "exit-folder", build) / "exits", fine_tuned
 
 
 @pytest.fixture(scope="module")
@@ -317,3 +316,24 @@ def test_analyze_shows_where_the_texts_left(exit_folder, tmp_path, capsys):
         assert sum(m["histogram"].values()) == spec["calibration"]["texts"]
         assert f"  {kind:<8} " in out
     assert (tmp_path / "a-exits.png").stat().st_size > 0
+
+
+def test_calibration_keeps_the_cheapest_rule_within_the_drop():
+    from bertship.exporter.exits import calibrate
+
+    rng = np.random.default_rng(0)
+    n = 400
+    truth = rng.integers(0, 2, n)
+    final = np.where(truth[:, None] == np.arange(2), 4.0, -4.0)  # the full model is always right
+    sure = np.where(truth[:, None] == np.arange(2), 6.0, -6.0)
+    ramp1 = np.where(np.arange(n)[:, None] < n // 2, sure, 0.0)  # half the texts sure and right, half uniform
+    ramp2 = sure.copy()
+    cal = calibrate(np.stack([ramp1, ramp2]), final, truth.tolist(), [1, 2], 3, 0.01)
+    ent = cal["measured"]["entropy"]
+    assert ent["accuracy"] == 1.0 and ent["mean_layers"] == pytest.approx(1.5)  # sure ones at 1, the rest at 2
+    assert ent["histogram"] == {"1": n // 2, "2": n // 2, "3": 0}
+    assert 0 < ent["rule"]["threshold"] <= 1.0
+    # patience 1 needs two off-ramps that agree: 2 layers at best, and a uniform first off-ramp's argmax (class 0)
+    # agrees with the second only where the truth is 0: the others run all 3; dearer, so entropy is chosen
+    pat = cal["measured"]["patience"]
+    assert pat["histogram"]["1"] == 0 and pat["mean_layers"] > 2.0 and cal["rule"] == ent["rule"]

@@ -144,12 +144,36 @@ def _parser() -> argparse.ArgumentParser:
                     "but the last)")
     ee.add_argument("--max-accuracy-drop", default="1%", help="accuracy the exits may cost, relative to the full "
                     "model on --eval-data (default: %(default)s)")
+    ee.add_argument("--pooling", default="cls", choices=["cls", "cls+mean"], help="what an off-ramp reads: the "
+                    "layer's first token (default), or the first token beside the mean of the real tokens")
     ee.add_argument("--epochs", type=int, default=30, help="distillation epochs over the cached states (default: "
                     "%(default)s)")
     ee.add_argument("--lr", type=float, default=1e-3, help="off-ramp learning rate (default: %(default)g)")
     ee.add_argument("--batch-size", type=int, default=32)
     ee.add_argument("--max-length", type=int, default=128, help="tokens per text (default: %(default)s)")
     ee.add_argument("--force", action="store_true", help="replace a folder an earlier `bertship exits` wrote")
+
+    tk = sub.add_parser("tokens", help="token elimination: search a retention schedule (tokens kept after each "
+                        "layer) on held-out text, optionally recover (needs the export extra)", epilog=_exit_codes_text(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tk.add_argument("model", help="fine-tuned sequence-classification folder, or a sentence-embedding folder")
+    tk.add_argument("--eval-data", required=True, help="held-out texts the schedule is judged on (labelled .tsv for "
+                    "a classifier; one text a line for embeddings)")
+    tk.add_argument("--out", required=True, help="folder to write: the model plus tokens.json")
+    tk.add_argument("--task", default=None, help="sequence-classification or sentence-embedding (default: the "
+                    "folder's own)")
+    tk.add_argument("--schedule", default=None, help="shares kept after each layer but the last, e.g. 0.8,0.6,0.5 "
+                    "(default: searched, keep r^layer for r from 0.5 up)")
+    tk.add_argument("--max-accuracy-drop", default=None, help="a classifier's limit, relative (default: 1%%)")
+    tk.add_argument("--min-cosine", default=None, help="sentence embeddings' limit: lowest per-text cosine against "
+                    "the unchanged model (default: 0.99)")
+    tk.add_argument("--data", default=None, help="training texts for --recover-steps")
+    tk.add_argument("--recover-steps", type=int, default=0, help="distillation steps from the unchanged model with "
+                    "the schedule applied (default: 0)")
+    tk.add_argument("--lr", type=float, default=2e-5, help="recovery learning rate (default: %(default)g)")
+    tk.add_argument("--batch-size", type=int, default=32)
+    tk.add_argument("--max-length", type=int, default=128, help="tokens per text (default: %(default)s)")
+    tk.add_argument("--force", action="store_true", help="replace a folder an earlier `bertship tokens` wrote")
 
     ins = sub.add_parser("inspect", help="show what an artifact holds (torch-free)")
     ins.add_argument("artifact")
@@ -287,6 +311,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"wrote {plot(report, args.plot)}")
     folder = Path(args.model or default_model_path())
+    if (folder / "tokens.json").is_file():  # a `bertship tokens` folder: the tokens each layer runs on
+        from bertship.exporter import tokens
+
+        spec = json.loads((folder / "tokens.json").read_text(encoding="utf-8"))
+        print(tokens.summary(spec))
+        if args.plot:
+            target = Path(args.plot)
+            print(f"wrote {tokens.plot(spec, target.with_name(target.stem + '-tokens' + target.suffix))}")
     if (folder / "exits.json").is_file():  # a `bertship exits` folder: where its held-out texts left
         from bertship.exporter import exits
 
@@ -319,7 +351,7 @@ def _cmd_exits(args: argparse.Namespace) -> int:
     from bertship.runtimes.exits import describe
 
     spec = train_exits(args.model, args.data, args.out, eval_data=args.eval_data, layers=args.layers,
-                       max_accuracy_drop=args.max_accuracy_drop, epochs=args.epochs, lr=args.lr,
+                       max_accuracy_drop=args.max_accuracy_drop, pooling=args.pooling, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, max_length=args.max_length, force=args.force,
                        log=lambda m: print(m, file=sys.stderr))
     cal = spec["calibration"]
@@ -328,6 +360,24 @@ def _cmd_exits(args: argparse.Namespace) -> int:
           f"runs {chosen['mean_layers']:.2f} of {cal['layers']} layers on average on --eval-data, accuracy "
           f"{chosen['accuracy']:.4f} (full model {cal['full_accuracy']:.4f}); `bertship export {args.out} --eval-data "
           "TEST` builds its segments")
+    return 0
+
+
+def _cmd_tokens(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        raise BackendMissingError("tokens needs torch and transformers — pip install 'bertship[export]'")
+    from bertship.exporter.tokens import search_tokens
+
+    spec = search_tokens(args.model, args.out, eval_data=args.eval_data, data=args.data, task=args.task,
+                         schedule=args.schedule, max_accuracy_drop=args.max_accuracy_drop, min_cosine=args.min_cosine,
+                         recover_steps=args.recover_steps, lr=args.lr, batch_size=args.batch_size,
+                         max_length=args.max_length, force=args.force, log=lambda m: print(m, file=sys.stderr))
+    r = spec["result"]
+    what = (f"accuracy {r['accuracy']:.4f} (full {spec['judged_on']['full_model']['accuracy']:.4f})"
+            if "accuracy" in r else f"cosine min {r['cosine_min']:.4f}")
+    print(f"wrote {args.out}: keeps {', '.join(f'{x:g}' for x in spec['schedule'])} of the tokens after layers "
+          f"1-{len(spec['schedule'])}, {r['cost']:.2f} of the layer work, {what} on --eval-data; `bertship export "
+          f"{args.out}` builds it")
     return 0
 
 
@@ -496,7 +546,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 COMMANDS = {"export": _cmd_export, "verify": _cmd_verify, "inspect": _cmd_inspect, "recipes": _cmd_recipes, "eval": _cmd_eval,
             "deploy": _cmd_deploy, "serve": _cmd_serve, "analyze": _cmd_analyze, "prune": _cmd_prune,
-            "exits": _cmd_exits,
+            "exits": _cmd_exits, "tokens": _cmd_tokens,
             "profiles": _cmd_profiles, "bench": _cmd_bench, "check": _cmd_check}
 
 
