@@ -121,8 +121,18 @@ def test_texts_leave_the_batch_at_their_off_ramp(exit_artifact, exit_folder, rec
             model.runner.runners = [c.runner for c in counting]
         layers = np.array([g["exit_layer"] for g in got])
         names = tasks.label_names(model.manifest["task"], 3)
-        assert (layers == want_layer).mean() >= 0.98, (layers, want_layer)
-        assert np.mean([g["label"] == names[w] for g, w in zip(got, want_pred)]) >= 0.98
+        # a later segment runs on fewer rows and narrower inputs, and int8 kernels chosen by shape round differently:
+        # texts whose entropy (or top-2 margin) sits next to the rule's line may go either way; the others may not
+        if rule["kind"] == "entropy":
+            close = np.abs(rules.normalized_entropy(ramps) - rule["threshold"]) < 0.005
+        else:
+            top2 = np.sort(ramps, axis=-1)
+            close = top2[..., -1] - top2[..., -2] < 0.02
+        reached = np.arange(1, 4)[:, None] <= want_layer[None, :]  # the off-ramps each text consulted
+        near = (close & reached).any(0)
+        assert (~near).mean() >= 0.5
+        assert (layers == want_layer)[~near].all(), (layers, want_layer)
+        assert all(g["label"] == names[w] for g, w, n in zip(got, want_pred, near) if not n)
         # texts really left: some at layer 1, and fewer rows reached each later segment
         assert (layers < 4).any() and len(set(layers.tolist())) >= 2
         rows = [sum(c.rows) for c in counting]
