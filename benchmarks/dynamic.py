@@ -1,11 +1,13 @@
-"""Dynamic inference on the MR classifier: early exit on top of the dense artifacts, against them.
+"""Dynamic inference on the MR classifier: early exit and token elimination against the dense artifacts.
 
     python -m benchmarks.dynamic --out benchmarks/results
 
 The MiniLM classifier the quantization benchmark fine-tunes (benchmarks.baselines.finetune, cached) gets off-ramps
 after layers 1-5 (`bertship exits`, distilled on the train split, the rule calibrated on the dev split at 1 %), then
 is exported under fp32, int8-dynamic (ONNX Runtime) and int8-static (OpenVINO) beside the same recipes of the dense
-model. Every export of the early-exit folder is gated on the test split at the calibrated limit; one the gate refuses
+model, each backend's exit rule calibrated on dev from its own segments (--exit-calibration). Token elimination: the
+schedule `bertship tokens` searches on dev, and keep 0.5^layer recovered by distillation, exported the same way.
+Every export of the early-exit folder is gated on the test split at the calibrated limit; one the gate refuses
 is exported again with the limit lifted, measured, and reported as refused. Every variant is scored on the test split
 (1,057 sentences, never tuned on) and timed by benchmarks/dynamic_worker.py in its own process, two passes
 interleaved: one text alone (p50) and the whole split in length-sorted batches of 32 (texts/s). Writes dynamic.json,
@@ -41,7 +43,7 @@ def _cli(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bertship.cli", *args], capture_output=True, text=True)
 
 
-def build(clf: Path, exits: Path, test: Path) -> tuple[dict[str, tuple[Path, str]], dict[str, str]]:
+def build(clf: Path, exits: Path, dev: Path, test: Path) -> tuple[dict[str, tuple[Path, str]], dict[str, str]]:
     variants, refused = {}, {}
     for recipe, backend, label in RECIPES:
         dense = WORK / f"dense-{recipe}-{backend}"
@@ -52,13 +54,15 @@ def build(clf: Path, exits: Path, test: Path) -> tuple[dict[str, tuple[Path, str
         variants[f"dense {recipe} ({label})"] = (dense, backend)
         art = WORK / f"exits-{recipe}-{backend}"
         if not (art / "manifest.json").exists():
+            # each backend's rule calibrated on its own segments, on dev (the folder's rule is PyTorch fp32's)
             res = _cli(["export", str(exits), "--recipe", recipe, "--backends", backend, "--eval-data", str(test),
-                        "--out", str(art), "--force"])
+                        "--exit-calibration", str(dev), "--out", str(art), "--force"])
             name = f"early exit {recipe} ({label})"
             if res.returncode == 4:  # the gate refused it: measured anyway where only the exit limit failed
                 refused[name] = res.stderr.strip().splitlines()[-1]
                 res = _cli(["export", str(exits), "--recipe", recipe, "--backends", backend, "--eval-data",
-                            str(test), "--max-accuracy-drop", "99%", "--out", str(art), "--force"])
+                            str(test), "--exit-calibration", str(dev), "--max-accuracy-drop", "99%", "--out", str(art),
+                            "--force"])
                 if res.returncode == 4:  # the chain itself misses PyTorch: nothing to measure
                     refused[name] = res.stderr.strip().splitlines()[-1]
                     continue
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if res.returncode != 0:
             raise SystemExit(res.stderr[-2000:])
         _log(res.stdout.strip())
-    variants, refused = build(clf, exits, test)
+    variants, refused = build(clf, exits, dev, test)
     if not args.skip_tokens:
         variants.update(build_tokens(clf, train, dev, test, args.recover_steps))
     results = measure(variants, test, args.passes)

@@ -204,12 +204,13 @@ def distill(ramps: Any, feats: dict[int, Any], teacher: Any, epochs: int, lr: fl
 
 
 def calibrate(ramp_logits: np.ndarray, final_logits: np.ndarray, labels: list[int] | None, layers: list[int],
-              total: int, max_drop: float) -> dict[str, Any]:
+              total: int, max_drop: float, reference_accuracy: float | None = None) -> dict[str, Any]:
     """The exit rule: for entropy and patience, the setting with the fewest mean layers whose accuracy (agreement with
-    the full model, without labels) is within max_drop (relative) of the full model's; the cheaper rule wins."""
+    the full model, without labels) is within max_drop (relative) of the full model's (or of `reference_accuracy`:
+    the PyTorch full model's, when an exported artifact's own logits are calibrated); the cheaper rule wins."""
     full_pred = final_logits.argmax(-1)
     truth = np.asarray(labels) if labels is not None else full_pred
-    full_acc = float((full_pred == truth).mean())
+    full_acc = float((full_pred == truth).mean()) if reference_accuracy is None else reference_accuracy
     floor = full_acc * (1.0 - max_drop)
 
     def measure(rule: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +233,8 @@ def calibrate(ramp_logits: np.ndarray, final_logits: np.ndarray, labels: list[in
         kept = [m for m in map(measure, rs) if m["within"]]
         if kept:
             best[kind] = min(kept, key=lambda m: (m["mean_layers"], -m["accuracy"]))
+    if not best:  # not even "no text exits" holds (an artifact less accurate than the reference): none exits
+        best["entropy"] = measure({"kind": "entropy", "threshold": 0.0})
     chosen = min(best.values(), key=lambda m: (m["mean_layers"], -m["accuracy"]))
     return {"rule": chosen["rule"], "full_accuracy": round(full_acc, 5), "max_accuracy_drop": max_drop,
             "judged_on": "labels" if labels is not None else "the full model's predictions (no labels)",

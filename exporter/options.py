@@ -23,6 +23,7 @@ class ExportOptions:
     calibration_method: str | None = None  # int8-static on ONNX Runtime: minmax, entropy, percentile
     max_accuracy_drop: str | float | None = None  # e.g. "1%": keep sensitive layers in float until it holds
     eval_data: str | Path | None = None  # labelled data the limit is judged on (default: cosine on calibration text)
+    exit_calibration: str | Path | None = None  # early exit: labelled data each backend's exit rule is calibrated on
     min_cosine: str | float | None = None  # embeddings: lowest per-text cosine vs fp32, alone and batched, e.g. 0.99
     min_rank_agreement: str | float | None = None  # rerank, sparse, multi-vector: top-1 agreement vs fp32, e.g. 0.95
     allow_batch_dependence: bool = False  # accept an embedding artifact whose outputs depend on batch-mates

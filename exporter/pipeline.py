@@ -144,7 +144,10 @@ def export(
             texts, pairs, feeds, refs, sweep = _references(source, took, log)
             if _shared_references is not None:
                 _shared_references[key] = (texts, pairs, feeds, refs, sweep)
-    exit_data = None
+    exit_data = exit_cal = None
+    if opts.exit_calibration is not None and source.exits is None:
+        raise UsageError("--exit-calibration calibrates the exit rule of an early-exit folder (`bertship exits`) — "
+                         "drop it for this model")
     if source.exits is not None:
         if opts.eval_data is None:
             raise UsageError("an early-exit classifier is gated on labelled held-out text — pass --eval-data test.tsv "
@@ -156,6 +159,9 @@ def export(
         with stages.stage("load", f"PyTorch full-model predictions on {len(data.texts)} --eval-data texts"), \
                 torch_threads(opts.threads):
             exit_data = (data, _reference_logits(source, data.texts, data.pairs))
+            if opts.exit_calibration is not None:
+                cal = read_eval_data(opts.exit_calibration, "sequence-classification", id2label)
+                exit_cal = (cal, _reference_logits(source, cal.texts, cal.pairs))
     embedding = source.task.name in EMBEDDING_TASKS
     if min_cos is not None and not embedding:
         raise UsageError(_MIN_COSINE_TASK.format(task=source.task.name))
@@ -260,6 +266,9 @@ def export(
             manifest["compaction"] = compaction.as_dict()
         if source.exits is not None:
             manifest["exits"] = _exits_record(source)
+            if exit_cal is not None:
+                with stages.stage("exits", f"each backend's exit rule on {opts.exit_calibration}"):
+                    _calibrate_backends(staging, manifest, source, opts, *exit_cal, log)
         if source.tokens is not None:
             spec = source.tokens_spec
             manifest["tokens"] = {k: spec.get(k) for k in ("schedule", "layers", "score", "kept_at", "judged_on",
@@ -391,6 +400,39 @@ def _exit_gate(staging: Path, manifest: dict[str, Any], source: load_stage.Sourc
                             "--max-accuracy-drop (a stricter rule) or more --eval-data to calibrate on"
                             + ("" if manifest["recipe"]["name"] == "fp32" else ", or export with a float recipe"))
     return {"data": str(opts.eval_data), "max_accuracy_drop": limit, "backends": report}
+
+
+def _calibrate_backends(staging: Path, manifest: dict[str, Any], source: load_stage.Source, opts: ExportOptions,
+                        data: Any, ref_logits: Any, log: Callable[[str], None]) -> None:
+    """--exit-calibration: each backend's exit rule calibrated on its own segments' logits (an int8 chain's early
+    states are not PyTorch's), against the PyTorch full model's accuracy on that file; recorded in its entry."""
+    import numpy as np
+
+    from bertship.runtimes.model import Model
+    from bertship.runtimes.tokenizer import TextEncoder
+
+    from .exits import calibrate
+
+    spec = source.exits_spec or {}
+    limit = float(spec.get("calibration", {}).get("max_accuracy_drop", fallback.parse_drop(auto.DEFAULT_DROP)))
+    truth = np.asarray(data.labels)
+    reference = float((ref_logits.argmax(-1) == truth).mean())
+    layers = list(source.exits.layers)
+    for name, entry in manifest["backends"].items():
+        runner = backend_table.open_runner(staging, entry, name, opts.threads, entry.get("options"))
+        model = Model(staging, manifest, runner, TextEncoder(staging / artifact.TOKENIZER, manifest["tokenizer"]))
+        outs = model.encode(data.texts, data.pairs)
+        ramps = np.stack([outs[f"exit{k}_logits"] for k in layers])
+        cal = calibrate(ramps, outs["logits"], data.labels, layers, entry["total_layers"], limit, reference)
+        entry["exit_rule"] = cal["rule"]
+        entry["exit_calibration"] = {**cal, "data": str(opts.exit_calibration), "reference": "PyTorch full model"}
+        chosen = cal["measured"][cal["rule"]["kind"]]
+        from bertship.runtimes.exits import describe
+
+        log(f"[bertship]          {name}: {describe(cal['rule'])}, {chosen['mean_layers']:.2f} of "
+            f"{entry['total_layers']} layers, accuracy {chosen['accuracy']:.4f} (PyTorch full model {reference:.4f}) "
+            f"on {len(truth)} texts (the folder's rule: {describe(spec['rule'])})")
+        del model, runner
 
 
 def _reference_logits(source: load_stage.Source, texts: list[str], pairs: list[str] | None):

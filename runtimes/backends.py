@@ -78,7 +78,7 @@ def open_runner(root, entry: dict, name: str, threads: int | None = None, option
         if name == "onnxruntime":  # segments run one after another: idle sessions must not spin (ort_runner)
             options = {"allow_spinning": False, **(options or {})}
         return SegmentRunner([cls(root / s["model"], threads, options) for s in entry["segments"]], entry["segments"],
-                             int(entry["total_layers"]))
+                             int(entry["total_layers"]), entry.get("exit_rule"))
     return cls(root / entry["model"], threads, options)
 
 

@@ -96,9 +96,11 @@ class SegmentRunner:
     """An early-exit artifact's segments on one backend, as one Runner: `run` chains every segment (all outputs: the
     final logits and each off-ramp's), `run_exits` leaves per text as the rule says."""
 
-    def __init__(self, runners: list[Any], segments: list[dict[str, Any]], total_layers: int):
+    def __init__(self, runners: list[Any], segments: list[dict[str, Any]], total_layers: int,
+                 rule: dict[str, Any] | None = None):
         if len(runners) != len(segments) or len(runners) < 2:
             raise UsageError("an early-exit backend needs one runner per segment, at least two")
+        self.rule = check_rule(rule) if rule is not None else None  # this backend's own calibrated rule, if any
         self.runners = runners
         self.segments = segments
         self.total_layers = total_layers

@@ -50,8 +50,9 @@ class Model:
         record = manifest.get("exits")
         self.exits: dict[str, Any] | None = None
         if record is not None and hasattr(runner, "run_exits"):
-            self.exits = {"layers": list(record["layers"]), "rule": dict(record["rule"]),
-                          "total_layers": runner.total_layers}
+            # the rule calibrated on this backend's own segments at export (--exit-calibration), else the folder's
+            rule = getattr(runner, "rule", None) or record["rule"]
+            self.exits = {"layers": list(record["layers"]), "rule": dict(rule), "total_layers": runner.total_layers}
 
     def __repr__(self) -> str:
         return f"Model({str(self.root)!r}, task={self.task!r}, backend={self.backend!r}, precision={self.precision!r})"

@@ -70,8 +70,9 @@ def backend_checks(
     ]
     usage, failures = usage_checks(runner, manifest, feeds, refs, gots, texts, tolerance, sweep)
     if exits:
-        usage["exits"], exit_failures = exit_checks(exits, getattr(runner, "total_layers", None), refs, gots,
-                                                    tolerance)
+        rule = getattr(runner, "rule", None) or exits["rule"]  # the backend's own rule where it was calibrated
+        usage["exits"], exit_failures = exit_checks({**exits, "rule": rule}, getattr(runner, "total_layers", None),
+                                                    refs, gots, tolerance)
         failures += exit_failures
     usage["check_s"] = {"golden_batches": round(golden_s, 3), **usage["check_s"]}
     report = {"precision": runner.precision, "outputs": [c.as_dict() for c in checks], **usage}

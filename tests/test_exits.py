@@ -347,3 +347,28 @@ def test_calibration_keeps_the_cheapest_rule_within_the_drop():
     # agrees with the second only where the truth is 0: the others run all 3; dearer, so entropy is chosen
     pat = cal["measured"]["patience"]
     assert pat["histogram"]["1"] == 0 and pat["mean_layers"] > 2.0 and cal["rule"] == ent["rule"]
+
+
+def test_each_backend_calibrates_its_own_rule_on_its_segments(exit_folder, tmp_path):
+    """--exit-calibration: the rule is calibrated on each built backend's own off-ramp logits (an int8 chain's early
+    states are not PyTorch's), recorded in its entry, and used by load(), verify and the gate."""
+    from bertship.exporter import export
+
+    folder, data = exit_folder
+    art = export(folder, out=tmp_path / "art", recipe="int8-static", eval_data=str(data / "test.tsv"),
+                 exit_calibration=str(data / "dev.tsv"), max_accuracy_drop="20%", log=lambda _: None)
+    manifest = json.loads((art / "manifest.json").read_text())
+    for backend, entry in manifest["backends"].items():
+        cal = entry["exit_calibration"]
+        assert entry["exit_rule"] == cal["rule"] and cal["texts"] == 300 and cal["reference"] == "PyTorch full model"
+        model = load(art, backend=backend)
+        assert model.exits["rule"] == entry["exit_rule"]  # the backend's own, not the folder's
+        layers = np.array([g["exit_layer"] for g in model.classify(_test_texts(data)[:50])])
+        want = rules.apply_offline(entry["exit_rule"], np.stack([model.encode(_test_texts(data)[:50])[f"exit{k}_logits"]
+                                                                 for k in (1, 2, 3)]),
+                                   model.encode(_test_texts(data)[:50])["logits"], [1, 2, 3], 4)[1]
+        assert (layers == want).mean() >= 0.9
+    assert main(["verify", str(art)]) == 0
+    # only for an early-exit folder
+    with pytest.raises(UsageError, match="--exit-calibration calibrates the exit rule"):
+        export(data / "model", out=tmp_path / "x", exit_calibration=str(data / "dev.tsv"), log=lambda _: None)

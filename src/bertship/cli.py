@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                          "drop of fp32, e.g. 1%% (relative)")
     ex.add_argument("--eval-data", default=None, help="labelled data (.tsv text<TAB>label) the drop is judged on; "
                     "default: output cosine vs fp32 on the calibration text")
+    ex.add_argument("--exit-calibration", default=None, help="early-exit folder: labelled data (not --eval-data) "
+                    "each backend's exit rule is calibrated on, from its own segments' logits")
     ex.add_argument("--min-cosine", default=None,
                     help="embeddings: every text's vector must keep at least this cosine vs fp32, alone and batched, "
                          "on the calibration (or --eval-data) texts and the golden texts, e.g. 0.99; int8-mixed "
@@ -280,6 +282,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         task=args.task, backends=args.backends, recipe=args.recipe, calibration=args.calibration,
         calibration_method=args.calibration_method, ort_graph=args.ort_graph,
         max_accuracy_drop=args.max_accuracy_drop, eval_data=args.eval_data, profile=args.profile,
+        exit_calibration=args.exit_calibration,
         min_cosine=args.min_cosine, min_rank_agreement=args.min_rank_agreement, allow_batch_dependence=args.allow_batch_dependence,
         compact=args.compact, external_data=args.external_data, no_memory_check=args.no_memory_check,
         allow_missing_fusions=args.allow_missing_fusions, force=args.force, allow_pickle=args.allow_pickle,
