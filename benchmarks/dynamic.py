@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         variants.update(build_tokens(clf, train, dev, test, args.recover_steps))
     results = measure(variants, test, args.passes)
     tokens = {name: json.loads((WORK / name / "tokens.json").read_text()) for name in
-              (f"mr-tokens", f"mr-tokens-rec{args.recover_steps}") if (WORK / name / "tokens.json").exists()}
+              ("mr-tokens", f"mr-tokens-rec{args.recover_steps}") if (WORK / name / "tokens.json").exists()}
     for name, folder in WORK_OF.items():
         if name in results:
             results[name]["work"] = tokens[folder]["result"]["cost"]

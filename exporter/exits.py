@@ -21,7 +21,6 @@ exits.json (layers, rule, calibration, training record); `bertship export` turns
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -261,7 +260,7 @@ def train_exits(path: str | Path, data: str | Path, out: str | Path, *, eval_dat
     if not lr > 0:
         raise UsageError(f"--lr must be positive, got {lr} — e.g. --lr 1e-3")
     root, out = Path(path), Path(out)
-    _check_out(out, force)
+    package.check_folder_out(out, force, EXITS_FILE, "exits")
     log(f"[bertship] exits    loading {root} …")
     source = load_folder(root, "sequence-classification")
     if read_exits(root, source.model.config) is not None:
@@ -297,31 +296,14 @@ def train_exits(path: str | Path, data: str | Path, out: str | Path, *, eval_dat
             "training": {"data": str(data), "texts": len(train.texts), "epochs": epochs, "lr": lr,
                          "batch_size": batch_size, "max_length": length, "seed": seed, "temperature": TEMPERATURE,
                          "teacher": "the model's own final classifier (backbone frozen)", "losses": losses}}
-    staging = package.staging_dir(out)
-    try:
-        for item in root.iterdir():  # the fine-tuned model travels unchanged: transformers loads the folder as before
-            if item.name.startswith("."):
-                continue
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
+    def write(staging: Path) -> None:  # the fine-tuned model travels unchanged: transformers loads it as before
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in ramps.state_dict().items()}, str(staging / RAMPS_FILE))
         (staging / EXITS_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-        package.publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    package.write_folder(root, out, lambda _: False, write)
     return spec
-
-
-def _check_out(out: Path, force: bool) -> None:
-    from bertship.runtimes.artifact import check_destination
-
-    check_destination(out)
-    if out.exists() and not force:
-        raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
-    if out.exists() and not (out / EXITS_FILE).is_file() and any(out.iterdir()):
-        raise UsageError(f"{str(out)!r} is a non-empty folder that bertship exits did not write — choose another --out")
 
 
 def summary(spec: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -100,6 +100,35 @@ def check_out(out: Path, force: bool) -> None:
         raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
     if out.exists() and not (out / artifact.MANIFEST).is_file() and any(out.iterdir()):
         raise UsageError(f"{str(out)!r} is a non-empty directory that is not a bertship artifact — choose another --out")
+
+
+def check_folder_out(out: Path, force: bool, marker: str, command: str) -> None:
+    """A model-folder command's --out (prune, exits, tokens): refused when it exists unless forced, or when it is a
+    non-empty folder the same command did not write (its `marker` file absent), or cannot be written."""
+    artifact.check_destination(out)
+    if out.exists() and not force:
+        raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
+    if out.exists() and not (out / marker).is_file() and any(out.iterdir()):
+        raise UsageError(f"{str(out)!r} is a non-empty folder that bertship {command} did not write — choose another "
+                         "--out")
+
+
+def write_folder(root: Path, out: Path, skip: Callable[[str], bool], write: Callable[[Path], None]) -> None:
+    """A model folder at `out`: `root`'s files (hidden ones and those `skip` names left out) and what `write` adds in
+    the staging folder, renamed into place at the end; nothing is left half-written."""
+    import shutil
+
+    staging = staging_dir(out)
+    try:
+        for item in root.iterdir():
+            if item.name.startswith(".") or skip(item.name):
+                continue
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
+        write(staging)
+        publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 # Building in a temporary directory beside --out and renaming it into place is shared with `deploy` (torch-free).

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +27,7 @@ from bertship.runtimes.errors import UsageError
 from . import layout as lay
 
 RANKINGS = ("global", "per-layer")
+PRUNING_FILE = "pruning.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -243,7 +243,7 @@ def prune(path: str | Path, out: str | Path, *, heads: str | float = "0%", ffn: 
     if importance_rows is not None and importance_rows < 1:
         raise UsageError(f"--importance-rows must be at least 1, got {importance_rows} — or drop it to use all of --data")
     root, out = Path(path), Path(out)
-    _check_out(out, force)
+    package.check_folder_out(out, force, PRUNING_FILE, "prune")
     raw = json.loads((root / "config.json").read_text(encoding="utf-8")) if (root / "config.json").is_file() else {}
     implied = task_from_architectures(raw.get("architectures")) or (root / "modules.json").is_file()
     source = load_folder(root, "sequence-classification" if data else None if implied else "feature-extraction")
@@ -279,29 +279,12 @@ def prune(path: str | Path, out: str | Path, *, heads: str | float = "0%", ffn: 
                           "weight": DISTILL_WEIGHT} if distill else None,
               "importance_rows": sum(len(f["labels"]) for f in scored) if data is not None else None,
               "recover_losses": losses}
-    staging = package.staging_dir(out)
-    try:
-        for item in root.iterdir():  # tokenizer and sentence-transformers files travel unchanged
-            if item.name in WEIGHT_FILES or item.name == "config.json" or item.name.startswith("."):
-                continue
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
+    def write(staging: Path) -> None:  # tokenizer and sentence-transformers files travel unchanged
         model.save_pretrained(staging, safe_serialization=True)
-        (staging / "pruning.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        package.publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        (staging / PRUNING_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+    package.write_folder(root, out, lambda name: name in WEIGHT_FILES or name == "config.json", write)
     return record
-
-
-def _check_out(out: Path, force: bool) -> None:
-    from bertship.runtimes.artifact import check_destination
-
-    check_destination(out)
-    if out.exists() and not force:
-        raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
-    if out.exists() and not (out / "pruning.json").is_file() and any(out.iterdir()):
-        raise UsageError(f"{str(out)!r} is a non-empty folder that bertship prune did not write — choose another --out")
 
 
 def zero_smallest(model: Any, level: float) -> Any:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -276,7 +275,7 @@ def search_tokens(path: str | Path, out: str | Path, *, eval_data: str | Path, d
     if not lr > 0:
         raise UsageError(f"--lr must be positive, got {lr} — e.g. --lr 2e-5")
     root, out = Path(path), Path(out)
-    _check_out(out, force)
+    package.check_folder_out(out, force, TOKENS_FILE, "tokens")
     log(f"[bertship] tokens   loading {root} …")
     source = load_folder(root, task)
     check_model(source.model, source.family.name, source.task.name)
@@ -339,19 +338,12 @@ def search_tokens(path: str | Path, out: str | Path, *, eval_data: str | Path, d
             "search": [{k: v for k, v in t.items()} for t in tried], "result": final,
             "recovery": {"steps": recover_steps, "lr": lr, "batch_size": batch_size, "data": str(data) if data else None,
                          "teacher": "the unchanged model", "losses": losses} if recover_steps else None}
-    staging = package.staging_dir(out)
-    try:
-        for item in root.iterdir():
-            if item.name.startswith(".") or (recover_steps and item.name in (*WEIGHT_FILES, "config.json")):
-                continue  # recovered weights are written below
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
+    def write(staging: Path) -> None:  # recovered weights replace the folder's own
         if recover_steps:
             source.model.save_pretrained(staging, safe_serialization=True)
         (staging / TOKENS_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-        package.publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    package.write_folder(root, out, lambda name: bool(recover_steps) and name in (*WEIGHT_FILES, "config.json"), write)
     return spec
 
 
@@ -359,16 +351,6 @@ def _line(t: dict[str, Any], classifier: bool) -> str:
     what = (f"accuracy {t['accuracy']:.4f}, agreement {t['agreement']:.4f}" if classifier else
             f"cosine min {t['cosine_min']:.4f}, p1 {t['cosine_p1']:.4f}")
     return f"{what}, {t['cost']:.2f} of the layer work{'' if t['within'] else ' (outside the limit)'}"
-
-
-def _check_out(out: Path, force: bool) -> None:
-    from bertship.runtimes.artifact import check_destination
-
-    check_destination(out)
-    if out.exists() and not force:
-        raise UsageError(f"{str(out)!r} already exists — pass --force to replace it, or choose another --out")
-    if out.exists() and not (out / TOKENS_FILE).is_file() and any(out.iterdir()):
-        raise UsageError(f"{str(out)!r} is a non-empty folder that bertship tokens did not write — choose another --out")
 
 
 def summary(spec: dict[str, Any]) -> str:
