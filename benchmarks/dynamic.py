@@ -103,6 +103,60 @@ def build_tokens(clf: Path, train: Path, dev: Path, test: Path, steps: int) -> d
 WORK_OF: dict[str, str] = {}  # token variant -> the folder its schedule is in
 
 
+def embeddings(data: dict[str, list[tuple[str, int]]], passes: int) -> dict[str, Any]:
+    """Token elimination on the bundled all-MiniLM-L6-v2 as sentence embeddings: one schedule searched at
+    --min-cosine 0.99 on dev sentences and dev paragraphs (8 consecutive MR sentences joined, about 190 tokens), then
+    measured per length on the test sentences and test paragraphs against the dense fp32 artifact."""
+    from bertship.exporter.load import default_model_path
+
+    def paragraphs(rows: list[tuple[str, int]]) -> list[str]:
+        return [" ".join(t for t, _ in rows[i:i + 8]) for i in range(0, len(rows) - 7, 8)]
+
+    folder = WORK / "emb"
+    folder.mkdir(parents=True, exist_ok=True)
+    sets = {"short": (data["dev"][:400], data["test"]), "long": (paragraphs(data["dev"]), paragraphs(data["test"]))}
+    files = {}
+    for kind, (dev, test) in sets.items():
+        dev_texts = [t for t, _ in dev] if kind == "short" else dev
+        test_texts = [t for t, _ in test] if kind == "short" else test
+        files[kind] = (folder / f"dev-{kind}.txt", folder / f"test-{kind}.txt")
+        files[kind][0].write_text("\n".join(dev_texts) + "\n", encoding="utf-8")
+        files[kind][1].write_text("\n".join(test_texts) + "\n", encoding="utf-8")
+    mixed = folder / "dev-mixed.txt"
+    mixed.write_text(files["short"][0].read_text() + files["long"][0].read_text(), encoding="utf-8")
+    base, tokens = default_model_path(), folder / "minilm-tokens"
+    if not (tokens / "tokens.json").exists():
+        res = _cli(["tokens", str(base), "--task", "sentence-embedding", "--eval-data", str(mixed), "--min-cosine",
+                    "0.99", "--max-length", "256", "--out", str(tokens), "--force"])
+        if res.returncode != 0:
+            raise SystemExit(res.stderr[-2000:])
+        _log(res.stdout.strip())
+    arts = {"dense fp32 (ORT)": (base, folder / "dense-fp32"), "tokens fp32 (ORT)": (tokens, folder / "tokens-fp32")}
+    for name, (src, art) in arts.items():
+        if not (art / "manifest.json").exists():
+            res = _cli(["export", str(src), "--task", "sentence-embedding", "--backends", "onnxruntime", "--out",
+                        str(art), "--force"])
+            if res.returncode != 0:
+                raise SystemExit(res.stderr[-2000:])
+    out: dict[str, Any] = {"schedule": json.loads((tokens / "tokens.json").read_text()), "results": {}}
+    for p in range(passes):
+        for kind in sets:
+            for name, (_, art) in arts.items():
+                _log(f"embeddings pass {p + 1}/{passes}: {name}, {kind} texts")
+                cmd = [sys.executable, "-m", "benchmarks.dynamic_worker", str(art), "--backend", "onnxruntime",
+                       "--data", str(files[kind][1]), "--reference", str(arts["dense fp32 (ORT)"][1])]
+                res = subprocess.run(cmd + (["--no-score"] if p else []), capture_output=True, text=True)
+                if res.returncode != 0:
+                    raise SystemExit(res.stderr[-2000:])
+                r = json.loads(res.stdout)
+                key = f"{name} / {kind}"
+                prev = out["results"].setdefault(key, {**r, "passes": []})
+                prev["passes"].append(r["b32_texts_per_s"])
+    for r in out["results"].values():
+        r["b32_texts_per_s"] = statistics.median(r["passes"])
+    return out
+
+
 def measure(variants: dict[str, tuple[Path, str]], test: Path, passes: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     rng = random.Random(0)
@@ -152,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_tokens:
         variants.update(build_tokens(clf, train, dev, test, args.recover_steps))
     results = measure(variants, test, args.passes)
+    emb = embeddings(data, args.passes) if not args.skip_tokens else None
     tokens = {name: json.loads((WORK / name / "tokens.json").read_text()) for name in
               ("mr-tokens", f"mr-tokens-rec{args.recover_steps}") if (WORK / name / "tokens.json").exists()}
     for name, folder in WORK_OF.items():
@@ -161,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "dynamic", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "command": "python -m benchmarks.dynamic " + " ".join(argv or sys.argv[1:]), "machine": cpu_info(),
               "threads": 2, "minutes": round((time.time() - start) / 60, 1), "test_texts": len(data["test"]),
-              "exits": json.loads((exits / "exits.json").read_text()), "tokens": tokens, "refused": refused,
+              "exits": json.loads((exits / "exits.json").read_text()), "tokens": tokens, "embeddings": emb,
+              "refused": refused,
               "variants": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dynamic.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -236,6 +292,20 @@ def markdown(record: dict[str, Any]) -> str:
                   "drop: " + (f"{'met' if ratio >= aim else 'missed'} — {top}: {ratio:.2f}× at "
                               f"{(v[top]['accuracy'] - b['accuracy']) * 100:+.1f} points vs {best}." if top else
                               f"no {kind} int8 variant is within 1 point of the best dense int8 artifact.")]
+    emb = record.get("embeddings")
+    if emb:
+        sched = emb["schedule"]
+        lines += ["", f"Sentence embeddings (bundled all-MiniLM-L6-v2): schedule {sched['schedule']} searched at "
+                  f"--min-cosine 0.99 on dev sentences + paragraphs ({sched['result']['cost']:.2f} of the layer "
+                  "work); test texts, cosine against the dense fp32 artifact:", "",
+                  "| variant / texts | mean tokens | cosine min | cosine p1 | cosine mean | b32 texts/s | × dense |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, r in emb["results"].items():
+            kind = key.split(" / ")[1]
+            dense = emb["results"][f"dense fp32 (ORT) / {kind}"]["b32_texts_per_s"]
+            lines.append(f"| {key} | {r['mean_tokens']:.0f} | {r.get('cosine_min', 1):.4f} | "
+                         f"{r.get('cosine_p1', 1):.4f} | {r.get('cosine_mean', 1):.5f} | {r['b32_texts_per_s']:.0f} | "
+                         f"{r['b32_texts_per_s'] / dense:.2f}× |")
     lines += ["", "Aim: both together ≥ 2×: not measured — bertship exports a folder's off-ramps or its token schedule, "
               "not both in one artifact yet."]
     return "\n".join(lines) + "\n"
