@@ -229,16 +229,21 @@ def calibrate(ramp_logits: np.ndarray, final_logits: np.ndarray, labels: list[in
         candidates["patience"].append({"kind": "patience", "patience": p})
     best: dict[str, Any] = {}
     for kind, rs in candidates.items():
-        kept = [m for m in map(measure, rs) if m["within"]]
-        if kept:
-            best[kind] = min(kept, key=lambda m: (m["mean_layers"], -m["accuracy"]))
-    if not best:  # not even "no text exits" holds (an artifact less accurate than the reference): none exits
+        if not rs:  # patience needs two off-ramps
+            continue
+        tried = list(map(measure, rs))
+        kept = [m for m in tried if m["within"]]
+        # per rule: its cheapest setting within the limit, else (recorded, never chosen) its most accurate one
+        best[kind] = (min(kept, key=lambda m: (m["mean_layers"], -m["accuracy"])) if kept else
+                      max(tried, key=lambda m: (m["accuracy"], -m["mean_layers"])))
+    within = [m for m in best.values() if m["within"]]
+    if not within:  # not even "no text exits" holds (an artifact less accurate than the reference): none exits
         best["entropy"] = measure({"kind": "entropy", "threshold": 0.0})
-    chosen = min(best.values(), key=lambda m: (m["mean_layers"], -m["accuracy"]))
+        within = [best["entropy"]]
+    chosen = min(within, key=lambda m: (m["mean_layers"], -m["accuracy"]))
     return {"rule": chosen["rule"], "full_accuracy": round(full_acc, 5), "max_accuracy_drop": max_drop,
             "judged_on": "labels" if labels is not None else "the full model's predictions (no labels)",
-            "texts": int(final_logits.shape[0]), "layers": total,
-            "measured": {k: {kk: vv for kk, vv in v.items() if kk != "within"} for k, v in best.items()}}
+            "texts": int(final_logits.shape[0]), "layers": total, "measured": best}
 
 
 def train_exits(path: str | Path, data: str | Path, out: str | Path, *, eval_data: str | Path,
@@ -288,7 +293,8 @@ def train_exits(path: str | Path, data: str | Path, out: str | Path, *, eval_dat
     for kind, r in m.items():
         log(f"[bertship] exits    {kind}: {rules.describe(r['rule'])} runs {r['mean_layers']:.2f} of {total} layers on "
             f"average, accuracy {r['accuracy']:.4f} (full model {calibration['full_accuracy']:.4f}), "
-            f"{r['exited'] * 100:.0f} % exit early")
+            f"{r['exited'] * 100:.0f} % exit early" + ("" if r["within"] else " (its most accurate setting: outside the "
+                                                      "limit)"))
     log(f"[bertship] exits    chosen: {rules.describe(calibration['rule'])}")
     spec = {"format": FORMAT, "layers": chosen, "labels": labels, "rule": calibration["rule"], "pooling": pooling,
             "head": f"Dense + tanh + Linear(hidden, labels) on the layer's {POOLED[pooling]}",
@@ -314,7 +320,8 @@ def summary(spec: dict[str, Any]) -> str:
     for kind, m in cal["measured"].items():
         hist = ", ".join(f"layer {k}: {v}" for k, v in m.get("histogram", {}).items())
         lines.append(f"  {kind:<8} {rules.describe(m['rule'])}: mean {m['mean_layers']:.2f} layers, accuracy "
-                     f"{m['accuracy']:.4f} (full {cal['full_accuracy']:.4f}); texts leaving after {hist}")
+                     f"{m['accuracy']:.4f} (full {cal['full_accuracy']:.4f}); texts leaving after {hist}"
+                     + ("" if m.get("within", True) else " (outside the limit)"))
     return "\n".join(lines)
 
 

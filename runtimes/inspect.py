@@ -55,7 +55,8 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
         for kind, m in cal.get("measured", {}).items():
             lines.append(f"- calibrated ({kind}, on {cal.get('texts')} texts of {cal.get('data')}): "
                          f"{rule_text(m['rule'])} runs {m['mean_layers']:.2f} of {cal.get('layers')} layers, "
-                         f"accuracy {m['accuracy']:.4f} vs {cal.get('full_accuracy', 0):.4f} full")
+                         f"accuracy {m['accuracy']:.4f} vs {cal.get('full_accuracy', 0):.4f} full"
+                         + ("" if m.get("within", True) else " (outside the limit: not chosen)"))
         gate = exits.get("gate")
         if gate:
             lines += ["", f"Exit gate on {gate['data']} (limit {gate['max_accuracy_drop'] * 100:g} % accuracy drop):",
