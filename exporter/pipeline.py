@@ -365,8 +365,6 @@ def _exit_gate(staging: Path, manifest: dict[str, Any], source: load_stage.Sourc
     import numpy as np
 
     from bertship.runtimes.errors import FidelityError
-    from bertship.runtimes.model import Model
-    from bertship.runtimes.tokenizer import TextEncoder
 
     spec = source.exits_spec or {}
     limit = (fallback.parse_drop(opts.max_accuracy_drop) if opts.max_accuracy_drop is not None else
@@ -376,9 +374,7 @@ def _exit_gate(staging: Path, manifest: dict[str, Any], source: load_stage.Sourc
     ref_acc = float((ref_pred == truth).mean())
     report, failures = {}, []
     for name in manifest["backends"]:
-        entry = manifest["backends"][name]
-        runner = backend_table.open_runner(staging, entry, name, opts.threads, entry.get("options"))
-        model = Model(staging, manifest, runner, TextEncoder(staging / artifact.TOKENIZER, manifest["tokenizer"]))
+        model = _staged_model(staging, manifest, name, opts.threads)
         logits, layers = model.exit_logits(data.texts, data.pairs)
         pred = logits.argmax(-1)
         acc = float((pred == truth).mean())
@@ -402,14 +398,21 @@ def _exit_gate(staging: Path, manifest: dict[str, Any], source: load_stage.Sourc
     return {"data": str(opts.eval_data), "max_accuracy_drop": limit, "backends": report}
 
 
+def _staged_model(staging: Path, manifest: dict[str, Any], name: str, threads: int | None):
+    """One backend of the artifact being built, as the runtime's Model (load() needs the published manifest)."""
+    from bertship.runtimes.model import Model
+    from bertship.runtimes.tokenizer import TextEncoder
+
+    entry = manifest["backends"][name]
+    runner = backend_table.open_runner(staging, entry, name, threads, entry.get("options"))
+    return Model(staging, manifest, runner, TextEncoder(staging / artifact.TOKENIZER, manifest["tokenizer"]))
+
+
 def _calibrate_backends(staging: Path, manifest: dict[str, Any], source: load_stage.Source, opts: ExportOptions,
                         data: Any, ref_logits: Any, log: Callable[[str], None]) -> None:
     """--exit-calibration: each backend's exit rule calibrated on its own segments' logits (an int8 chain's early
     states are not PyTorch's), against the PyTorch full model's accuracy on that file; recorded in its entry."""
     import numpy as np
-
-    from bertship.runtimes.model import Model
-    from bertship.runtimes.tokenizer import TextEncoder
 
     from .exits import calibrate
 
@@ -419,8 +422,7 @@ def _calibrate_backends(staging: Path, manifest: dict[str, Any], source: load_st
     reference = float((ref_logits.argmax(-1) == truth).mean())
     layers = list(source.exits.layers)
     for name, entry in manifest["backends"].items():
-        runner = backend_table.open_runner(staging, entry, name, opts.threads, entry.get("options"))
-        model = Model(staging, manifest, runner, TextEncoder(staging / artifact.TOKENIZER, manifest["tokenizer"]))
+        model = _staged_model(staging, manifest, name, opts.threads)
         outs = model.encode(data.texts, data.pairs)
         ramps = np.stack([outs[f"exit{k}_logits"] for k in layers])
         cal = calibrate(ramps, outs["logits"], data.labels, layers, entry["total_layers"], limit, reference)
@@ -432,7 +434,7 @@ def _calibrate_backends(staging: Path, manifest: dict[str, Any], source: load_st
         log(f"[bertship]          {name}: {describe(cal['rule'])}, {chosen['mean_layers']:.2f} of "
             f"{entry['total_layers']} layers, accuracy {chosen['accuracy']:.4f} (PyTorch full model {reference:.4f}) "
             f"on {len(truth)} texts (the folder's rule: {describe(spec['rule'])})")
-        del model, runner
+        del model
 
 
 def _reference_logits(source: load_stage.Source, texts: list[str], pairs: list[str] | None):

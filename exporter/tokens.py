@@ -21,6 +21,7 @@ import json
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -231,9 +232,8 @@ def recover(source: Any, schedule: list[float], texts: list[str], pairs: list[st
     batches = list(_batches(source, texts, pairs, batch, max_length))
     rng = np.random.default_rng(seed)
     losses, start = [], time.perf_counter()
-    teach = type("T", (), {})()  # the teacher as a Source-like object for task_value
-    teach.model, teach.task, teach.pooling, teach.dense, teach.normalize = (teacher, source.task, source.pooling,
-                                                                           source.dense, source.normalize)
+    teach = SimpleNamespace(model=teacher, task=source.task, pooling=source.pooling, dense=source.dense,
+                            normalize=source.normalize)  # the teacher as a Source-like object for task_value
     for step in range(steps):
         _, feeds = batches[int(rng.integers(len(batches)))]
         with torch.no_grad():
