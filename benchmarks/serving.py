@@ -9,7 +9,7 @@ The default artifact is the bundled all-MiniLM-L6-v2 (fp32), exported once into 
 request from 1, 8, 32 and 128 concurrent clients, and 32 sentences per request from 8 clients, on this same machine
 (the clients share its 2 cores with the server, as they share them with nothing in-process):
 - `bertship serve ART --threads 2`, OpenAI `POST /v1/embeddings` over HTTP (httpx, one keep-alive client per thread);
-- Triton: `bertship deploy triton --backend python` (1 instance, 2 threads), gRPC;
+- Triton: `bertship deploy triton --backend python --threads 2` (its default 2 instances), gRPC;
 - infinity: `infinity_emb v2 --model-id <the bundled MiniLM folder> --engine torch` (infinity-emb 0.0.78 in its own
   venv, benchmarks/.cache/venv-infinity, with torch held at the project's 2.13.0; numpy<2 there), POST /embeddings
   with the same HTTP client.
@@ -41,7 +41,6 @@ from bertship.runtimes.serve_check import Client, measure
 from .mr_data import CACHE, split
 
 WORK = CACHE / "serving"
-ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = (1, 8, 32, 128)
 BATCHED = (8, 32)  # (clients, sentences per request)
 INFINITY = ["infinity-emb[server,torch]==0.0.78", "torch==2.13.0"]
@@ -209,9 +208,10 @@ def in_process(art: Path, sentences: list[str], passes: int = 2) -> dict[str, An
             "single_ms_p99": float(np.percentile(single, 99) * 1e3)}
 
 
-def triton(art: Path, sentences: list[str], server_python: str) -> dict[str, Any]:
-    """One sentence per gRPC request at 1, 8 and 32 concurrent clients against the Python-backend repository."""
-    env = serve.probe(server_python)
+def triton(art: Path, sentences: list[str], server_python: str | None) -> dict[str, Any]:
+    """One sentence per request at 1-128 concurrent gRPC clients against the Python-backend repository, as `deploy`
+    writes it by default (2 instances, tuned batching; benchmarks.triton_path measures the alternatives)."""
+    env = serve.serving_env(server_python, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
     env.require("onnxruntime")
     work = Path(tempfile.mkdtemp(prefix="bertship-bench-serving-"))
     try:
@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--artifact", type=Path, default=None, help="default: the bundled MiniLM, exported once")
-    p.add_argument("--server-python", default=str(ROOT / ".serve-env" / "bin" / "python"),
-                   help="the serving environment's Python (docs/serving.md)")
+    p.add_argument("--server-python", default=None,
+                   help="the serving environment's Python (default: found or made by bertship, docs/serving.md)")
     p.add_argument("--skip", default="", help="leave out some of: triton, infinity, ray-data")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))

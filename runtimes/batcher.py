@@ -5,6 +5,9 @@ already tokenized, wait in a bounded queue, and one model thread runs them in le
   new requests gather and the next round takes them all.
 - A round takes every waiting text, sorts them by length and cuts batches of at most `max_batch_size` texts and
   `max_batch_tokens` padded tokens (texts × the batch's longest), so a batch is padded only to its own longest member.
+  Where the cost of one model run is known (`overhead_tokens`, measured by `measure_overhead`), the cuts are the
+  cheapest ones (`plan_batches`): a run costs its padded tokens plus a fixed overhead, so short and long texts that
+  arrived together run apart when the padding would cost more than one more run.
   Texts that arrive during a round wait for the next: a long text is never starved by a stream of short ones.
 - The queue is bounded in tokens: past `max_queue_tokens`, `submit` raises Overloaded at once (HTTP 503 with
   Retry-After), so memory stays bounded under any load.
@@ -22,6 +25,79 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+def plan_batches(lengths: Sequence[int], max_size: int, max_tokens: int | None = None,
+                 overhead_tokens: float | None = None) -> list[list[int]]:
+    """Batches of indices into `lengths` (token counts), each sorted by length and padded only to its own longest.
+
+    overhead_tokens None: consecutive runs of the sorted texts, `max_size` at a time (and within `max_tokens` padded
+    tokens). Otherwise the cheapest cut of the sorted texts, where a batch costs `overhead_tokens` (what one model
+    run costs beyond its tokens, in tokens) plus its padded tokens (texts × its longest): a dynamic program over the
+    sorted lengths (for sorted lengths and this cost, some cheapest partition is made of consecutive runs). A text
+    longer than `max_tokens` still runs, alone.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    sorted_len = [lengths[i] for i in order]
+    n = len(order)
+
+    def fits(first: int, last: int) -> bool:  # sorted_len[last] is the longest of first..last
+        size = last - first + 1
+        return size == 1 or (size <= max_size and (max_tokens is None or size * sorted_len[last] <= max_tokens))
+
+    if overhead_tokens is None:
+        cuts, first = [], 0
+        for last in range(n):
+            if not fits(first, last):
+                cuts.append((first, last))
+                first = last
+        if n:
+            cuts.append((first, n))
+    else:
+        best = [0.0] + [float("inf")] * n  # best[j]: cheapest cost of the first j sorted texts
+        start = [0] * (n + 1)
+        for last in range(n):
+            for first in range(last, max(-1, last - max_size), -1):
+                if not fits(first, last):
+                    break
+                cost = best[first] + overhead_tokens + (last - first + 1) * sorted_len[last]
+                if cost < best[last + 1]:
+                    best[last + 1], start[last + 1] = cost, first
+        cuts, end = [], n
+        while end:
+            cuts.append((start[end], end))
+            end = start[end]
+        cuts.reverse()
+    return [order[a:b] for a, b in cuts]
+
+
+def measure_overhead(run: Callable[[dict[str, np.ndarray]], Any], input_names: Sequence[str], token_id: int,
+                     repeats: int = 7) -> float:
+    """What one run of a model costs beyond its tokens, in tokens: runs of 1×16 and 4×64 token ids (medians of
+    `repeats`) give cost = a + b × padded tokens; returns a / b, within 0..512. About 15 runs of the model."""
+    import time
+
+    def timed(batch: int, length: int) -> float:
+        feeds = {name: np.zeros((batch, length), np.int64) for name in input_names}
+        if "input_ids" in feeds:
+            feeds["input_ids"][:] = token_id  # an ordinary word of the vocabulary
+        if "attention_mask" in feeds:
+            feeds["attention_mask"][:] = 1
+        run(feeds)  # warm-up of this shape
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            run(feeds)
+            times.append(time.perf_counter() - begin)
+        return float(np.median(times))
+
+    small, large = timed(1, 16), timed(4, 64)
+    per_token = (large - small) / (256 - 16)
+    if per_token <= 0:  # noise swamped the difference: assume runs are cheap to split
+        return 0.0
+    return float(min(512.0, max(0.0, (small - 16 * per_token) / per_token)))
 
 
 class Overloaded(Exception):
@@ -66,13 +142,15 @@ class TokenBatcher:
     """Runs `run(encodings) -> results` on one thread, in batches cut by token budget from everything waiting."""
 
     def __init__(self, run: Callable[[list[Any]], Sequence[Any]], max_batch_tokens: int = 8192,
-                 max_batch_size: int = 32, max_queue_tokens: int = 65536, name: str = "bertship-batcher"):
+                 max_batch_size: int = 32, max_queue_tokens: int = 65536, name: str = "bertship-batcher",
+                 overhead_tokens: float | None = None):
         for key, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_size", max_batch_size),
                            ("max_queue_tokens", max_queue_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive int, got {value!r}")
         self.run, self.max_batch_tokens, self.max_batch_size = run, max_batch_tokens, max_batch_size
         self.max_queue_tokens = max_queue_tokens
+        self.overhead_tokens = overhead_tokens  # one run's cost beyond its tokens (measure_overhead); None: unknown
         self.stats = Stats()
         self._pending: list[_Request] = []
         self._queued_tokens = 0
@@ -120,19 +198,9 @@ class TokenBatcher:
         self._thread.join(timeout)
 
     def plan(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Batches of indices into `lengths`: sorted by length, each within max_batch_size and max_batch_tokens."""
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for i in order:  # ascending, so lengths[i] is the longest of current + [i]
-            if current and (len(current) + 1 > self.max_batch_size
-                            or (len(current) + 1) * lengths[i] > self.max_batch_tokens):
-                batches.append(current)
-                current = []
-            current.append(i)
-        if current:
-            batches.append(current)
-        return batches
+        """Batches of indices into `lengths`: sorted by length, each within max_batch_size and max_batch_tokens, cut
+        where cheapest when overhead_tokens is known (plan_batches)."""
+        return plan_batches(lengths, self.max_batch_size, self.max_batch_tokens, self.overhead_tokens)
 
     def _loop(self) -> None:
         while True:

@@ -41,6 +41,7 @@ PYTHON_OUTPUTS: dict[str, list[tuple[str, str, list[Any]]]] = {
     # per text, its token vectors padded with zero rows to the longest text of the batch, and its token count
     "multi-vector": [("TOKEN_EMBEDDINGS", "float32", [-1, "hidden"]), ("TOKENS", "int64", [1])],
 }
+PYTHON_INSTANCES = 2  # --backend python's default instance count
 TRITON_DTYPES = {"int64": "TYPE_INT64", "int32": "TYPE_INT32", "float32": "TYPE_FP32", "float16": "TYPE_FP16",
                  "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
 # Triton's OpenVINO backend can only force bf16 (HINT_BF16); it has no way to ask for f32, so on CPUs with
@@ -51,26 +52,34 @@ OPENVINO_TRITON_NOTE = ("Triton's OpenVINO backend cannot set INFERENCE_PRECISIO
 
 
 def triton(path: str | Path, out: str | Path, *, backend: str = "onnxruntime", max_batch: int = 32,
-           instances: int = 1, threads: int | None = None, name: str | None = None, pairs: bool | None = None,
+           instances: int | None = None, threads: int | None = None, name: str | None = None, pairs: bool | None = None,
            runtime: str | None = None, truncation: str = "truncate", bucket_size: int = 16,
-           force: bool = False) -> dict[str, Any]:
+           queue_delay_us: int = 0, tune_batching: bool = True, force: bool = False) -> dict[str, Any]:
     """Write a Triton model repository for an artifact; returns the record.
 
     backend "onnxruntime"/"openvino": encoder + Python tokenizer + ensemble; "python": one Python-backend model that
     runs the bertship runtime (`runtime`: the artifact's backend it loads, default its first; `truncation` and
-    `bucket_size` as in `load`/`encode`). pairs=True adds a TEXT_PAIR input (e.g. sentence-pair classification);
-    None: as the task is used (QA: yes).
+    `bucket_size` as in `load`/`encode`; `tune_batching`: Model.tune_batching at start, so each dynamic batch's texts
+    are cut into length-sorted batches where cheapest). pairs=True adds a TEXT_PAIR input (e.g. sentence-pair
+    classification); None: as the task is used (QA: yes). `queue_delay_us`: the dynamic batcher's
+    max_queue_delay_microseconds (0: a free instance takes what is queued at once).
     """
     if backend not in TRITON_BACKENDS:
         raise UsageError(f"unknown Triton backend {backend!r} — choose from: {', '.join(TRITON_BACKENDS)}")
     _positive("--max-batch", max_batch)
+    # The Python backend's stub is one Python thread: while it decodes, tokenizes and answers, the model waits. Two
+    # instances overlap one's Python with the other's model run (measured: benchmarks/triton_path.py); each may use
+    # every core (its threads sleep while it is idle), so one client alone still gets them all.
+    instances = (PYTHON_INSTANCES if backend == "python" else 1) if instances is None else instances
     _positive("--instances", instances)
     if threads is not None:
         _positive("--threads", threads)
+    if isinstance(queue_delay_us, bool) or not isinstance(queue_delay_us, int) or queue_delay_us < 0:
+        raise UsageError(f"--queue-delay-us must be 0 or more microseconds, got {queue_delay_us!r}")
     if backend == "python":
         return _triton_python(path, out, max_batch=max_batch, instances=instances, threads=threads, name=name,
                               pairs=pairs, runtime=runtime, truncation=truncation, bucket_size=bucket_size,
-                              force=force)
+                              queue_delay_us=queue_delay_us, tune_batching=tune_batching, force=force)
     if runtime is not None:
         raise UsageError(f"--runtime is for --backend python; the {backend} backend runs the artifact's {backend} "
                          "model — drop --runtime, or pass --backend python")
@@ -80,7 +89,7 @@ def triton(path: str | Path, out: str | Path, *, backend: str = "onnxruntime", m
     pairs = bool(manifest["tokenizer"].get("text_pairs")) if pairs is None else pairs
     texts = ["TEXT", "TEXT_PAIR"] if pairs else ["TEXT"]
     notes = [OPENVINO_TRITON_NOTE] if backend == "openvino" else []
-    common = dict(max_batch=max_batch, instances=instances)
+    common = dict(max_batch=max_batch, instances=instances, queue_delay_us=queue_delay_us)
 
     def write(staging: Path) -> None:
         version = staging / name / "1"
@@ -120,7 +129,7 @@ def triton(path: str | Path, out: str | Path, *, backend: str = "onnxruntime", m
 
 def _triton_python(path: str | Path, out: str | Path, *, max_batch: int, instances: int, threads: int | None,
                    name: str | None, pairs: bool | None, runtime: str | None, truncation: str, bucket_size: int,
-                   force: bool) -> dict[str, Any]:
+                   queue_delay_us: int, tune_batching: bool, force: bool) -> dict[str, Any]:
     """The Python-backend layout: <name>/config.pbtxt, <name>/1/model.py and <name>/1/artifact/ (one runtime's files)."""
     _positive("--bucket-size", bucket_size)
     check_truncation(truncation)
@@ -143,7 +152,7 @@ def _triton_python(path: str | Path, out: str | Path, *, max_batch: int, instanc
     outputs = [(n, dtype, [last if d in ("hidden", "labels") else d for d in dims])
                for n, dtype, dims in PYTHON_OUTPUTS[task]]
     params = {"runtime": runtime, "threads": threads or "", "truncation": truncation, "bucket_size": bucket_size,
-              "text_pairs": "true" if pairs else "false"}
+              "text_pairs": "true" if pairs else "false", "tune_batching": "true" if tune_batching else "false"}
 
     def write(staging: Path) -> None:
         version = staging / name / "1"
@@ -151,7 +160,7 @@ def _triton_python(path: str | Path, out: str | Path, *, max_batch: int, instanc
         _copy_runtime(version)
         shutil.copyfile(Path(__file__).with_name("triton_model.py"), version / "model.py")
         _write_config(staging / name, name, 'backend: "python"', [(t, "string", [1]) for t in texts], outputs,
-                      params, max_batch=max_batch, instances=instances)
+                      params, max_batch=max_batch, instances=instances, queue_delay_us=queue_delay_us)
 
     record = {"target": "triton", "backend": "python", "runtime": runtime, "models": [name], "text_inputs": texts,
               "outputs": [o[0] for o in outputs], "truncation": truncation, "notes": []}
@@ -277,13 +286,14 @@ def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
 
 
 def _write_config(folder: Path, name: str, runtime: str, inputs: list, outputs: list, params: dict[str, Any],
-                  max_batch: int, instances: int | None, extra: str = "") -> None:
+                  max_batch: int, instances: int | None, extra: str = "", queue_delay_us: int = 0) -> None:
     text = f'name: "{name}"\n{runtime}\nmax_batch_size: {max_batch}\n'
     text += "input [\n" + ",\n".join(_tensor(*t) for t in inputs) + "\n]\n"
     text += "output [\n" + ",\n".join(_tensor(*t) for t in outputs) + "\n]\n"
     if instances is not None:  # an ensemble has no instances or batcher of its own: its steps do
         text += f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]\n"
-        text += "dynamic_batching { }\n"
+        text += (f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}\n" if queue_delay_us
+                 else "dynamic_batching { }\n")
     for key, value in params.items():
         text += f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
     (folder / "config.pbtxt").write_text(text + extra, encoding="utf-8")

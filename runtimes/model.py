@@ -20,6 +20,7 @@ import numpy as np
 
 from . import artifact, backends, tasks
 from .errors import UsageError
+from .batcher import measure_overhead, plan_batches
 from .runner import Runner
 from .tokenizer import TextEncoder, check_truncation, truncated
 
@@ -46,6 +47,8 @@ class Model:
         self.truncation: str = check_truncation(truncation)
         # load()'s golden check on a CPU class the int8 artifact was not verified on (None: none was needed)
         self.recheck: dict[str, Any] | None = None
+        # one model run's cost beyond its tokens, in tokens (tune_batching); None: batches are batch_size sorted texts
+        self.batch_overhead_tokens: float | None = None
         # early exit (runtimes.exits): the off-ramp layers, the calibrated rule and the layer count; None without
         record = manifest.get("exits")
         self.exits: dict[str, Any] | None = None
@@ -56,6 +59,15 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({str(self.root)!r}, task={self.task!r}, backend={self.backend!r}, precision={self.precision!r})"
+
+    def tune_batching(self) -> float:
+        """Measure what one run costs beyond its tokens (about 15 runs: runtimes.batcher.measure_overhead) and from
+        then on cut each call's length-sorted texts where that is cheapest, not every batch_size texts: a batch of
+        short and long texts runs as two when the padding would cost more than one more run. Servers call it once
+        (`bertship serve`, the Triton Python backend). Returns the overhead in tokens."""
+        ids = self.tokenizer.tokenize(["the"])[0].ids
+        self.batch_overhead_tokens = measure_overhead(self.runner.run, self.input_names, ids[len(ids) // 2])
+        return self.batch_overhead_tokens
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch of already-tokenized inputs: {input name: int array [batch, sequence]}."""
@@ -291,9 +303,8 @@ class Model:
         # Sorting by length pads each batch only to its own longest member; callers put results back by index.
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be a positive int, got {batch_size!r} — the default is 32")
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        lengths = [len(e.ids) for e in encodings]
+        for chunk in plan_batches(lengths, batch_size, overhead_tokens=self.batch_overhead_tokens):
             feeds = self.tokenizer.pad([encodings[i] for i in chunk])
             yield chunk, feeds, self.runner.run(feeds) if run else {}
 

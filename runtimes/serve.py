@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -25,16 +27,23 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .errors import BackendMissingError, MachineError, ServeError, UsageError
 
 # The Python backend's stub in nvidia-pytriton 0.7.0 (Triton 2.51) was built with a pybind11 that predates numpy 2:
 # under numpy 2 every tensor it hands to Python arrives as its first byte repeated (a BYTES input crashes the stub).
 # pytriton declares numpy<2 for that reason, and bertship pins numpy==2.4.6, so the server runs from its own
-# environment, with numpy 1.26: these commands make one. The repository carries its own copy of the
-# bertship runtime, so bertship need not be installed there.
-SERVE_ENV = ("python -m venv .serve-env && .serve-env/bin/pip install nvidia-pytriton==0.7.0 numpy==1.26.4 "
-             "onnxruntime==1.32.0 tokenizers==0.22.2 openvino==2026.4.1")
+# environment, with numpy 1.26: `serving_env` finds one or makes it once (make_env). The repository carries its own
+# copy of the bertship runtime, so bertship need not be installed there.
+SERVE_PINS = ("nvidia-pytriton==0.7.0", "numpy==1.26.4", "onnxruntime==1.32.0", "tokenizers==0.22.2",
+              "openvino==2026.4.1")
+SERVE_ENV = "python -m venv .serve-env && .serve-env/bin/pip install " + " ".join(SERVE_PINS)  # by hand, the same
+ENV_MARK = "bertship-serve-env.json"  # written last: an environment without it is half-made and is made again
+# what to do when a Python given to serve from cannot: let bertship make its own, or make one by hand
+FIX = f"drop --server-python (bertship then makes its serving environment once), or {SERVE_ENV} and pass " \
+      "--server-python .serve-env/bin/python"
+PIP_PROGRESS = ("Collecting", "Installing collected", "Successfully installed")
 SERVE_INSTALL = "pip install 'bertship[serve]'"
 PYTRITON_GLIBC = (2, 35)  # its wheel is manylinux_2_35_x86_64
 READY_TIMEOUT_S = 180.0
@@ -71,12 +80,11 @@ class ServeEnv:
         numpy = self.packages.get("numpy")
         missing = [n for n in ("numpy", "tokenizers", runtime) if not self.packages.get(n)]
         if missing:
-            raise BackendMissingError(f"the serving Python {self.python} lacks {', '.join(missing)} — {SERVE_ENV}, "
-                                      "then pass --server-python .serve-env/bin/python")
+            raise BackendMissingError(f"the serving Python {self.python} lacks {', '.join(missing)} — {FIX}")
         if int(numpy.split(".")[0]) >= 2:
             raise BackendMissingError(
                 f"the serving Python {self.python} has numpy {numpy}, but the Python backend stub of nvidia-pytriton "
-                f"0.7.0 corrupts tensors under numpy 2 — {SERVE_ENV}, then pass --server-python .serve-env/bin/python")
+                f"0.7.0 corrupts tensors under numpy 2 — {FIX}")
         if self.libdir is None:
             raise MachineError(f"{self.python} is not a shared-library build of Python, which Triton's Python "
                                "backend stub embeds — use a Python built with --enable-shared (pyenv: "
@@ -96,6 +104,102 @@ def probe(python: str | Path | None = None) -> ServeEnv:
     # Its bin folder, unresolved: a virtualenv's python is a link to the base interpreter.
     return ServeEnv(python.absolute(), info["version"], info["libdir"],
                     Path(info["pytriton"]) if info["pytriton"] else None, info["packages"])
+
+
+def env_home() -> Path:
+    """Where bertship keeps the serving environment it makes: $BERTSHIP_CACHE (default ~/.cache/bertship, or under
+    $XDG_CACHE_HOME), one folder per Python version and set of pins."""
+    base = os.environ.get("BERTSHIP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bertship")
+    key = hashlib.sha256(" ".join(SERVE_PINS).encode()).hexdigest()[:10]
+    return Path(base) / f"serve-env-py{sys.version_info[0]}.{sys.version_info[1]}-{key}"
+
+
+def _usable(env: ServeEnv, runtime: str) -> str | None:
+    """Why `env` cannot serve `runtime` (None: it can)."""
+    if env.pytriton is None:
+        return "no nvidia-pytriton"
+    try:
+        env.require(runtime)
+    except (BackendMissingError, MachineError) as exc:
+        return str(exc).split(" — ")[0]
+    return None
+
+
+def serving_env(python: str | Path | None = None, runtime: str = "onnxruntime", make: bool = True,
+                log: Callable[[str], None] = lambda _: None) -> ServeEnv:
+    """The environment whose Python runs Triton's Python backend for `runtime`.
+
+    `python` (or $BERTSHIP_SERVE_PYTHON) when given, as it is (ServeEnv.require says what it lacks). Otherwise this
+    interpreter where it can serve (nvidia-pytriton, numpy < 2, tokenizers, the runtime), else bertship's own
+    environment under env_home(), made there once when missing (`make`; up to 2 minutes of pip, with progress lines).
+    """
+    python = python or os.environ.get("BERTSHIP_SERVE_PYTHON")
+    if python:
+        log(f"serving environment: {python} (as given)")
+        return probe(python)
+    here = probe()
+    if _usable(here, runtime) is None:
+        log(f"serving environment: this Python ({here.python})")
+        return here
+    home = env_home()
+    if (home / ENV_MARK).is_file():
+        env = probe(home / "bin" / "python")
+        if _usable(env, runtime) is None:
+            log(f"serving environment: {home}")
+            return env
+    if not make:
+        raise BackendMissingError(f"no serving environment (this Python has {_usable(here, runtime)}, none made in "
+                                  f"{home}) — run `bertship deploy ... --check` once to make it, or {SERVE_ENV}")
+    return make_env(home, SERVE_PINS, log)
+
+
+def make_env(home: Path, pins: tuple[str, ...] | list[str], log: Callable[[str], None] = lambda _: None) -> ServeEnv:
+    """A virtual environment at `home` with `pins` installed by pip, made once: under a lock (one maker among
+    processes), into `home` with ENV_MARK written last; a folder without the mark is removed and made again."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    with open(home.parent / f"{home.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process making it: wait, then use what it made
+        if (home / ENV_MARK).is_file():
+            log(f"serving environment: {home} (made by another process)")
+            return probe(home / "bin" / "python")
+        shutil.rmtree(home, ignore_errors=True)  # half-made by an interrupted run
+        base = getattr(sys, "_base_executable", None) or sys.executable
+        log(f"making the serving environment once, in {home} (Python {sys.version_info[0]}.{sys.version_info[1]}"
+            f"{': pip install ' + ' '.join(pins) if pins else ''}; up to 2 minutes) …")
+        started = time.monotonic()
+        try:
+            _run_logged([base, "-m", "venv", str(home)] if pins else [base, "-m", "venv", "--without-pip", str(home)],
+                        log)
+            if pins:
+                _run_logged([str(home / "bin" / "python"), "-m", "pip", "install", "--progress-bar", "off",
+                             "--disable-pip-version-check", *pins], log)
+            env = probe(home / "bin" / "python")
+            (home / ENV_MARK).write_text(json.dumps({"pins": list(pins), "python": env.version}) + "\n",
+                                         encoding="utf-8")
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+        log(f"serving environment ready in {time.monotonic() - started:.0f} s: {home}")
+        return env
+
+
+def _run_logged(argv: list[str], log: Callable[[str], None]) -> None:
+    """Run a command, passing pip's progress lines to `log`; BackendMissingError with its last lines if it fails."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")})
+    tail: list[str] = []
+    for line in process.stdout:
+        line = line.rstrip()
+        tail = (tail + [line])[-5:]
+        text = line.strip()
+        # the pins themselves and the install; each dependency's own lines would be a screenful
+        if text.startswith(PIP_PROGRESS) and "(from " not in text:
+            log("  " + text[:150])
+    if process.wait() != 0:
+        raise BackendMissingError(f"could not make the serving environment ({' '.join(argv[:4])} … failed: "
+                                  f"{' | '.join(tail)[-300:]}) — check that pip reaches the package index, or make it "
+                                  f"yourself: {SERVE_ENV}, then pass --server-python .serve-env/bin/python")
 
 
 @dataclass(frozen=True)
@@ -130,7 +234,7 @@ def find_triton(env: ServeEnv) -> TritonBinary:
         server = Path(found).resolve()
         return TritonBinary(server, server.parent.parent / "backends", None, None, f"PATH ({server})")
     raise BackendMissingError(f"no tritonserver binary (nvidia-pytriton is not in {env.python}'s environment, none on "
-                              f"PATH) — {SERVE_ENV}, then pass --server-python .serve-env/bin/python; or run inside "
+                              f"PATH) — {FIX}; or run inside "
                               "NGC's nvcr.io/nvidia/tritonserver container")
 
 

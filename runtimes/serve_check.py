@@ -256,14 +256,15 @@ def check_triton(root: str | Path, repository: str | Path, server_python: str | 
                  clients: int = 8, requests: int = 200, log: Callable[[str], None] = lambda _: None,
                  workdir: str | Path | None = None) -> dict[str, Any]:
     """Start Triton on a `deploy triton --backend python` repository, check it against the golden outputs over HTTP
-    and gRPC, and time it; FidelityError on a mismatch, ServeError when the server fails, BackendMissingError when
+    and gRPC, and time it. The server runs from `server_python`'s environment, else one found or made once
+    (serve.serving_env); FidelityError on a mismatch, ServeError when the server fails, BackendMissingError when
     no server (or backend) can run here. `workdir` holds the server's backend folder and log (default: a new
     temporary folder, removed when the check passes)."""
     root, repository = Path(root), Path(repository)
     manifest = artifact.read_manifest(root)
     artifact.check_files(root, manifest, only={artifact.GOLDEN, artifact.TOKENIZER})  # what the check trusts
     record = json.loads((repository / "bertship-deploy.json").read_text(encoding="utf-8"))
-    env = serve.probe(server_python)
+    env = serve.serving_env(server_python, record.get("runtime") or "onnxruntime", log=log)
     binary = serve.find_triton(env)
     if record["backend"] != "python":
         has = "has" if binary.has_backend(record["backend"]) else "has no"

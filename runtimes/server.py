@@ -68,7 +68,11 @@ def application(path: str | Path, backend: str | None, threads: int, replicas: i
             from bertship.runtimes.model import load
             from bertship.runtimes.service import Service
 
-            self.service = Service(load(path, backend=backend, threads=threads), name, limits, truncation)
+            # the replica's event loop and proxy share the CPUs: ONNX Runtime's threads sleep between runs, not spin
+            model = load(path, backend=backend, threads=threads,
+                         runner_options={"allow_spinning": False} if backend in (None, "onnxruntime") else None)
+            model.tune_batching()  # each round's length-sorted texts cut where cheapest (runtimes/batcher.py)
+            self.service = Service(model, name, limits, truncation)
 
         @api.post("/v1/{endpoint}")
         async def post(self, endpoint: str, request: Request) -> Response:

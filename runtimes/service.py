@@ -96,7 +96,7 @@ class Service:
         self.truncation = tasks_truncation(truncation)
         self.settings = model.manifest["task"]
         self.batcher = TokenBatcher(self._run, limits.max_batch_tokens, limits.max_batch_size,
-                                    limits.max_queue_tokens)
+                                    limits.max_queue_tokens, overhead_tokens=model.batch_overhead_tokens)
         self.handlers: dict[str, Callable] = {
             "/v1/embeddings": self._embeddings, "/v1/embed_sparse": self._embed_sparse,
             "/v1/embed_multi": self._embed_multi, "/v1/classify": self._classify, "/v1/rerank": self._rerank,

@@ -5,9 +5,11 @@ tokenizer and one runtime's model files into `<name>/1/artifact/`. It runs insid
 only the bertship runtime, numpy and `triton_python_backend_utils`; bertship itself never imports it. Its settings
 (runtime, threads, truncation, bucket size, pairs) come from the `parameters` of the model's config.pbtxt.
 
-Triton's dynamic batcher hands `execute` several requests at once: their texts are run together, sorted by token
-length in buckets of `bucket_size` (so each bucket is padded only to its own longest text), and the results are put
-back per request. A request with bad text gets an error response; the other requests of the batch are unaffected.
+Triton's dynamic batcher hands `execute` several requests at once, in arrival order: their texts are run together,
+sorted by token length and cut into batches of at most `bucket_size` where that costs least (Model.tune_batching
+measures a run's fixed cost once at start: a short and a long text run apart when padding the short one would cost
+more than one more run), and the results are put back per request. A request with bad text gets an error
+response; the other requests of the batch are unaffected.
 """
 
 import json
@@ -27,9 +29,17 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = os.path.join(args["model_repository"], args["model_version"], "artifact")
+        # default: the backend's (every core) in each instance; the threads sleep while their instance is idle
         threads = int(params["threads"]) if params.get("threads") else None
-        self.model = load(folder, backend=params["runtime"], threads=threads, truncation=params["truncation"])
+        # The stub shares the CPUs with the server's threads (gRPC/HTTP, the batcher, the other instances' stubs):
+        # ONNX Runtime's intra-op threads sleep between runs instead of spinning on cores those need.
+        options = {"allow_spinning": False} if params["runtime"] == "onnxruntime" else None
+        self.model = load(folder, backend=params["runtime"], threads=threads, truncation=params["truncation"],
+                          runner_options=options)
         self.bucket = int(params["bucket_size"])
+        # the texts of the requests Triton hands over together are cut into length-sorted batches where cheapest
+        if params.get("tune_batching", "true") == "true":
+            self.model.tune_batching()
         self.pairs = params.get("text_pairs", "false") == "true"
         self.run = {"sentence-embedding": self._embed, "feature-extraction": self._embed,
                     "sequence-classification": self._classify, "question-answering": self._answer,

@@ -283,7 +283,10 @@ def test_python_backend_layout_carries_the_runtime_and_the_artifact(task_artifac
     assert [(o.name, dtype_name(o.data_type), list(o.dims)) for o in config.output] == expected
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params == {"runtime": "openvino", "threads": "2", "truncation": "error", "bucket_size": "4",
-                      "text_pairs": "true" if pairs else "false"}
+                      "text_pairs": "true" if pairs else "false", "tune_batching": "true"}
+    # two instances by default (one's Python overlaps the other's model run), taking what is queued at once
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, config.instance_group[0].KIND_CPU)]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
     version = tmp_path / "repo" / "enc" / "1"
     copied = load(version / "artifact", backend="openvino")  # checksums of the copied files hold
     assert not (version / "artifact" / "onnxruntime").exists() and not (version / "artifact" / "golden.npz").exists()
@@ -295,3 +298,10 @@ def test_python_backend_layout_carries_the_runtime_and_the_artifact(task_artifac
         deploy.triton(art, tmp_path / "x", runtime="openvino")
     with pytest.raises(UsageError, match="unknown truncation"):
         deploy.triton(art, tmp_path / "x", backend="python", truncation="cut")
+    with pytest.raises(UsageError, match="--queue-delay-us must be 0 or more"):
+        deploy.triton(art, tmp_path / "x", backend="python", queue_delay_us=-5)
+    deploy.triton(art, tmp_path / "slow", backend="python", name="enc", instances=1, queue_delay_us=1500,
+                  tune_batching=False)
+    config = parse(tmp_path / "slow" / "enc")
+    assert config.dynamic_batching.max_queue_delay_microseconds == 1500 and config.instance_group[0].count == 1
+    assert config.parameters["tune_batching"].string_value == "false"

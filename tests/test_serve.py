@@ -1,8 +1,8 @@
 """`bertship deploy triton --backend python` under a real Triton server: `--check` on every task, concurrent load,
 bad requests, a killed model instance, and a server that is always stopped.
 
-The server is nvidia-pytriton's tritonserver, run from the serving environment (SERVE_ENV in runtimes/serve.py:
-`.serve-env/` in the checkout, made by the first test that needs it, or BERTSHIP_SERVE_PYTHON). Every server listens on 127.0.0.1 only,
+The server is nvidia-pytriton's tritonserver, run from the serving environment (serve.serving_env:
+BERTSHIP_SERVE_PYTHON, else bertship's own, made by the first test that needs it). Every server listens on 127.0.0.1 only,
 every request loop is bounded, and every server is stopped by the test that started it.
 """
 
@@ -34,33 +34,15 @@ pytestmark = [pytest.mark.xdist_group("triton"), pytest.mark.slow]  # module fix
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _make_serve_env(request) -> None:
-    """Make `.serve-env` in the checkout with SERVE_ENV (one pip install from the package index, 1-2 minutes), so
-    that README's `pytest` is the whole test command on a new machine too."""
-    report = request.config.pluginmanager.get_plugin("terminalreporter")
-    say = report.write_line if report else print
-    say(f"[tests] making Triton's serving environment (numpy<2, once): {serve.SERVE_ENV}")
-    done = subprocess.run(["bash", "-c", serve.SERVE_ENV], cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.fail(f"could not make the serving environment ({last}) — run it yourself: {serve.SERVE_ENV}")
-    say("[tests] serving environment ready: .serve-env/")
-
-
 @pytest.fixture(scope="session")
 def serve_env(request):
-    """The serving environment; skipped only where nvidia-pytriton's server cannot run on this machine."""
-    python = os.environ.get("BERTSHIP_SERVE_PYTHON") or str(ROOT / ".serve-env" / "bin" / "python")
-    if not os.environ.get("BERTSHIP_SERVE_PYTHON"):
-        import fcntl
-
-        with open(ROOT / ".serve-env.lock", "w") as lock:  # one maker, also across xdist workers and runs
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not Path(python).exists():
-                _make_serve_env(request)
-    if not Path(python).exists():
-        pytest.fail(f"no serving environment at {python} — make it with: {serve.SERVE_ENV}")
-    env = serve.probe(python)
+    """The serving environment as `deploy --check` finds it (serve.serving_env): BERTSHIP_SERVE_PYTHON, else
+    bertship's own under ~/.cache/bertship, made by the first test that needs it (up to 2 minutes of pip, once per
+    machine), so that README's `pytest` is the whole test command on a new machine too. Skipped only where
+    nvidia-pytriton's server cannot run on this machine."""
+    report = request.config.pluginmanager.get_plugin("terminalreporter")
+    say = report.write_line if report else print
+    env = serve.serving_env(log=lambda m: say(f"[tests] {m}"))
     try:
         serve.find_triton(env)
     except MachineError as exc:  # not x86_64 Linux, or glibc < 2.35: the wheel's binary cannot run here
@@ -74,11 +56,10 @@ def embedding_repo(task_artifact, tmp_path_factory):
     """A Python-backend repository of the tiny sentence-embedding artifact, truncation='error', 2 instances."""
     art = task_artifact("sentence-embedding")
     out = tmp_path_factory.mktemp("serve") / "repo"
-    deploy.triton(art, out, backend="python", name="emb", truncation="error", instances=2, threads=1, max_batch=16)
     # Hold requests up to 20 ms so concurrent ones reach execute() together: the joint-batch path is then exercised.
-    config = out / "emb" / "config.pbtxt"
-    config.write_text(config.read_text().replace("dynamic_batching { }",
-                                                 "dynamic_batching { max_queue_delay_microseconds: 20000 }"))
+    deploy.triton(art, out, backend="python", name="emb", truncation="error", instances=2, threads=1, max_batch=16,
+                  queue_delay_us=20000)
+    assert "max_queue_delay_microseconds: 20000" in (out / "emb" / "config.pbtxt").read_text()
     return art, out
 
 
@@ -102,10 +83,14 @@ def _infer(module, client, texts, name="TEXT", dtype="BYTES", array=None):
                                           ("sparse-embedding", "openvino"), ("multi-vector", "onnxruntime")])
 def test_check_serves_the_golden_outputs(task_artifact, serve_env, tmp_path, capsys, task, runtime):
     art = task_artifact(task)
+    # the first case finds its serving environment itself, as a user's `deploy --check` does
+    python = [] if (task, runtime) == ("sentence-embedding", "onnxruntime") else ["--server-python", str(serve_env.python)]
     code = main(["deploy", "triton", str(art), "--out", str(tmp_path / "repo"), "--backend", "python", "--runtime",
-                 runtime, "--check", "--server-python", str(serve_env.python), "--clients", "4", "--requests", "40"])
+                 runtime, "--check", *python, "--clients", "4", "--requests", "40"])
     out = capsys.readouterr()
     assert code == 0, out.err
+    if not python:
+        assert "serving environment: " in out.err
     for where in ("http_alone", "http_batched", "grpc_alone", "grpc_batched"):
         assert f"{where}" in out.out and " ok " in out.out
     assert "p50" in out.out and "p99" in out.out and "requests/s" in out.out
@@ -322,3 +307,35 @@ def test_no_server_and_unserved_layouts_exit_6(task_artifact, serve_env, tmp_pat
                                                                             "onnxruntime": "1.32.0"})
     with pytest.raises(BackendMissingError, match="corrupts tensors under numpy 2"):
         numpy2.require("onnxruntime")
+
+
+def test_the_serving_environment_is_made_once_with_progress_and_a_half_made_one_is_made_again(tmp_path, monkeypatch):
+    home = tmp_path / "cache" / "env"
+    lines: list[str] = []
+    env = serve.make_env(home, (), lines.append)  # no pins: only the venv (the real pins are the fixture's, once)
+    assert (home / serve.ENV_MARK).is_file() and env.python == home / "bin" / "python"
+    assert any("making the serving environment once" in line for line in lines)
+    assert any("serving environment ready" in line for line in lines)
+    made = (home / "pyvenv.cfg").stat().st_mtime_ns
+    lines.clear()
+    serve.make_env(home, (), lines.append)  # made already: used as it is
+    assert (home / "pyvenv.cfg").stat().st_mtime_ns == made and "made by another process" in lines[0]
+    (home / serve.ENV_MARK).unlink()  # as an interrupted make leaves it
+    (home / "junk").write_text("half-made")
+    serve.make_env(home, (), lines.append)
+    assert (home / serve.ENV_MARK).is_file() and not (home / "junk").exists()
+    # serving_env finds a made one under BERTSHIP_CACHE, and never makes one when asked not to
+    monkeypatch.delenv("BERTSHIP_SERVE_PYTHON", raising=False)
+    monkeypatch.setenv("BERTSHIP_CACHE", str(tmp_path / "empty-cache"))
+    if serve._usable(serve.probe(), "onnxruntime") is not None:  # this Python cannot serve (numpy 2): none found
+        with pytest.raises(BackendMissingError, match="no serving environment"):
+            serve.serving_env(make=False)
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
+
+
+def test_a_failing_pip_leaves_no_half_made_environment(tmp_path):
+    home = tmp_path / "env"
+    with pytest.raises(BackendMissingError, match="could not make the serving environment"):
+        serve.make_env(home, ("--no-index", "bertship-no-such-package==0.0.1"), lambda _: None)
+    assert not home.exists()
+

@@ -15,7 +15,7 @@ import pytest
 
 from bertship.exporter.golden import sentences, short_texts
 from bertship.runtimes import load
-from bertship.runtimes.batcher import Overloaded, TokenBatcher
+from bertship.runtimes.batcher import Overloaded, TokenBatcher, plan_batches
 from bertship.runtimes.service import Limits, Service
 
 
@@ -44,6 +44,66 @@ def test_plan_sorts_by_length_and_keeps_both_budgets():
         assert b.plan([100]) == [[0]]  # one text over the token budget still runs, alone
     finally:
         b.close()
+
+
+def test_the_cheapest_cut_is_the_cheapest_of_every_cut_of_the_sorted_texts():
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        lengths = [int(x) for x in rng.integers(2, 80, size=int(rng.integers(1, 9)))]
+        overhead, size, budget = float(rng.uniform(0, 60)), int(rng.integers(1, 6)), int(rng.integers(60, 400))
+        plan = plan_batches(lengths, size, budget, overhead)
+        assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+        assert [lengths[i] for b in plan for i in b] == sorted(lengths)
+
+        def cost(batches):
+            return sum(overhead + len(b) * max(b) for b in batches)
+
+        def ok(b):
+            return len(b) == 1 or (len(b) <= size and len(b) * max(b) <= budget)
+
+        ordered = sorted(lengths)
+        best = min(cost(parts) for cuts in itertools.product([0, 1], repeat=len(ordered) - 1)
+                   for parts in [_split(ordered, cuts)] if all(ok(b) for b in parts))
+        assert cost([[lengths[i] for i in b] for b in plan]) == pytest.approx(best)
+    # without a known overhead: every `size` sorted texts, as before; with a large one, as few runs as fit
+    assert plan_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
+    assert len(plan_batches([5, 50, 6, 60], 4, None, 1e6)) == 1
+    assert plan_batches([5, 50, 6, 60], 4, None, 0.0) == [[0], [2], [1], [3]]  # no run cost: no padding at all
+
+
+def _split(ordered, cuts):
+    parts, current = [], [ordered[0]]
+    for value, cut in zip(ordered[1:], cuts):
+        if cut:
+            parts.append(current)
+            current = []
+        current.append(value)
+    return parts + [current]
+
+
+def test_tuned_batching_pads_less_and_gives_the_same_vectors(task_artifact):
+    model = load(task_artifact("sentence-embedding"))
+    texts = ["short", "a much longer text " * 12, "tiny", "mid length text here " * 3, "x", "another long one " * 10]
+    plain = model.embed(texts, batch_size=16)
+    padded: list[int] = []
+    real = model.runner.run
+
+    def counting(feeds):
+        padded.append(feeds["input_ids"].size)
+        return real(feeds)
+
+    model.runner.run = counting
+    model.embed(texts, batch_size=16)
+    untuned = sum(padded)
+    overhead = model.tune_batching()
+    assert 0.0 <= overhead <= 512.0 and model.batch_overhead_tokens == overhead
+    model.batch_overhead_tokens = 4.0  # a fixed value for a deterministic plan: short and long texts run apart
+    padded.clear()
+    tuned = model.embed(texts, batch_size=16)
+    assert len(padded) > 1 and sum(padded) < untuned
+    np.testing.assert_allclose(tuned, plain, atol=1e-5)
 
 
 def test_requests_that_arrive_while_a_batch_runs_are_batched_together_and_get_their_own_rows():

@@ -193,11 +193,18 @@ def _parser() -> argparse.ArgumentParser:
                     "or openvino (default: the artifact's first)")
     tr.add_argument("--truncation", default="truncate", help="--backend python: truncate (default) or error (a text "
                     "past the max length gets an error response)")
-    tr.add_argument("--bucket-size", type=int, default=16, help="--backend python: texts per length bucket within "
-                    "a dynamic batch (default: %(default)s)")
+    tr.add_argument("--bucket-size", type=int, default=16, help="--backend python: the most texts one model run takes "
+                    "from a dynamic batch (default: %(default)s)")
+    tr.add_argument("--tune-batching", action=argparse.BooleanOptionalAction, default=True,
+                    help="--backend python: measure a model run's fixed cost at start and cut each dynamic batch's "
+                    "length-sorted texts where cheapest (default: on; off: every --bucket-size texts)")
+    tr.add_argument("--queue-delay-us", type=int, default=0, help="the dynamic batcher's max_queue_delay_microseconds "
+                    "(default: %(default)s: a free instance takes what is queued at once)")
     tr.add_argument("--max-batch", type=int, default=32, help="max_batch_size of each model (default: %(default)s)")
-    tr.add_argument("--instances", type=int, default=1, help="CPU instances per model (default: %(default)s)")
-    tr.add_argument("--threads", type=int, default=None, help="threads per encoder instance (default: the backend's)")
+    tr.add_argument("--instances", type=int, default=None, help="CPU instances per model (default: 2 for --backend "
+                    "python, else 1)")
+    tr.add_argument("--threads", type=int, default=None, help="threads per encoder instance (default: the backend's: "
+                    "every core)")
     tr.add_argument("--name", default=None, help="model name (default: from the artifact folder)")
     tr.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=None,
                     help="take a TEXT_PAIR input too (default: only for question-answering)")
@@ -264,8 +271,8 @@ def _check_options(parser: argparse.ArgumentParser) -> None:
                         help="then start a real server on it (localhost), check the golden texts over HTTP and gRPC "
                              "against the golden outputs, and time it (needs the serve extra)")
     parser.add_argument("--server-python", default=None, help="--check: the Python whose environment runs the server "
-                        "and its Python backend (default: .serve-env/bin/python where it exists, else this one; see "
-                        "docs/serving.md)")
+                        "and its Python backend (default: $BERTSHIP_SERVE_PYTHON, else this one where it can, else "
+                        "bertship's own, made once under ~/.cache/bertship; docs/serving.md)")
     parser.add_argument("--clients", type=int, default=8,
                         help="--check: concurrent clients timed (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=200, help="--check: requests timed (default: %(default)s)")
@@ -474,7 +481,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         record = deploy.triton(args.artifact, args.out, backend=args.backend, max_batch=args.max_batch,
                                instances=args.instances, threads=args.threads, name=args.name, pairs=args.pairs,
                                runtime=args.runtime, truncation=args.truncation, bucket_size=args.bucket_size,
-                               force=args.force)
+                               queue_delay_us=args.queue_delay_us, tune_batching=args.tune_batching, force=args.force)
     else:
         record = deploy.ovms(args.artifact, args.out, threads=args.threads, name=args.name, force=args.force)
     for note in record["notes"]:
@@ -491,9 +498,7 @@ def _check_deployment(args: argparse.Namespace, record: dict) -> None:
 
     if record["target"] == "ovms":
         serve_check.check_ovms(args.artifact, args.out)
-    local_env = Path(".serve-env/bin/python")
-    server_python = args.server_python or (str(local_env) if local_env.exists() else None)
-    report = serve_check.check_triton(args.artifact, args.out, server_python=server_python,
+    report = serve_check.check_triton(args.artifact, args.out, server_python=args.server_python,
                                       clients=args.clients, requests=args.requests,
                                       log=lambda m: print(f"[bertship] check    {m}", file=sys.stderr))
     for where, rep in report["fidelity"].items():
