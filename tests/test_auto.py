@@ -67,7 +67,12 @@ def test_profile_export_for_another_machine_uses_the_profile_order_and_ort_forma
     _, refs, _, _ = read_golden(out, manifest)
     scale = max(float(np.abs(r["logits"]).max()) for r in refs)
     assert 0 <= ort["max_abs_diff_vs_onnx"] <= 0.05 * scale, (ort["max_abs_diff_vs_onnx"], scale)
-    assert "DynamicQuantizeLinear" in ort["required_operators"]["ai.onnx:11"]
+    # the record lists the .ort model's operators by domain:opset; an int8-dynamic graph quantizes its activations at
+    # run time (DynamicQuantizeLinear, or DynamicQuantizeMatMul where ORT's conversion fused it with its MatMul: which
+    # of the two remain depends on the fusions that matched, and has differed between runs)
+    ops = ort["required_operators"]
+    assert ops and all(":" in key for key in ops), ops
+    assert {"DynamicQuantizeLinear", "DynamicQuantizeMatMul"} & {op for names in ops.values() for op in names}, ops
     verify(out)
 
 
