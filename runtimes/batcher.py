@@ -74,9 +74,10 @@ def plan_batches(lengths: Sequence[int], max_size: int, max_tokens: int | None =
 
 
 def measure_overhead(run: Callable[[dict[str, np.ndarray]], Any], input_names: Sequence[str], token_id: int,
-                     repeats: int = 7) -> float:
-    """What one run of a model costs beyond its tokens, in tokens: runs of 1×16 and 4×64 token ids (medians of
-    `repeats`) give cost = a + b × padded tokens; returns a / b, within 0..512. About 15 runs of the model."""
+                     max_length: int = 512, repeats: int = 7) -> float:
+    """What one run of a model costs beyond its tokens, in tokens: runs of 1×16 and 4×64 token ids (shorter where
+    max_length is; medians of `repeats`) give cost = a + b × padded tokens; returns a / b, within 0..512. About 15
+    runs of the model."""
     import time
 
     def timed(batch: int, length: int) -> float:
@@ -93,11 +94,13 @@ def measure_overhead(run: Callable[[dict[str, np.ndarray]], Any], input_names: S
             times.append(time.perf_counter() - begin)
         return float(np.median(times))
 
-    small, large = timed(1, 16), timed(4, 64)
-    per_token = (large - small) / (256 - 16)
+    long = min(64, max_length)
+    short = max(1, long // 4)
+    small, large = timed(1, short), timed(4, long)
+    per_token = (large - small) / (4 * long - short)
     if per_token <= 0:  # noise swamped the difference: assume runs are cheap to split
         return 0.0
-    return float(min(512.0, max(0.0, (small - 16 * per_token) / per_token)))
+    return float(min(512.0, max(0.0, (small - short * per_token) / per_token)))
 
 
 class Overloaded(Exception):

@@ -66,7 +66,8 @@ class Model:
         short and long texts runs as two when the padding would cost more than one more run. Servers call it once
         (`bertship serve`, the Triton Python backend). Returns the overhead in tokens."""
         ids = self.tokenizer.tokenize(["the"])[0].ids
-        self.batch_overhead_tokens = measure_overhead(self.runner.run, self.input_names, ids[len(ids) // 2])
+        self.batch_overhead_tokens = measure_overhead(self.runner.run, self.input_names, ids[len(ids) // 2],
+                                                      self.max_length)
         return self.batch_overhead_tokens
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

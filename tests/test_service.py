@@ -15,7 +15,7 @@ import pytest
 
 from bertship.exporter.golden import sentences, short_texts
 from bertship.runtimes import load
-from bertship.runtimes.batcher import Overloaded, TokenBatcher, plan_batches
+from bertship.runtimes.batcher import Overloaded, TokenBatcher, measure_overhead, plan_batches
 from bertship.runtimes.service import Limits, Service
 
 
@@ -71,6 +71,21 @@ def test_the_cheapest_cut_is_the_cheapest_of_every_cut_of_the_sorted_texts():
     assert plan_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
     assert len(plan_batches([5, 50, 6, 60], 4, None, 1e6)) == 1
     assert plan_batches([5, 50, 6, 60], 4, None, 0.0) == [[0], [2], [1], [3]]  # no run cost: no padding at all
+
+
+def test_the_overhead_is_measured_within_the_model_max_length():
+    import time
+
+    shapes = []
+
+    def run(feeds):  # a model whose run costs 2 ms plus 0.1 ms a padded token: 20 tokens' worth of overhead
+        shapes.append(feeds["input_ids"].shape)
+        assert set(feeds) == {"input_ids", "attention_mask"} and (feeds["input_ids"] == 7).all()
+        time.sleep(0.002 + 0.0001 * feeds["input_ids"].size)
+
+    overhead = measure_overhead(run, ["input_ids", "attention_mask"], token_id=7, max_length=8)
+    assert max(length for _, length in shapes) == 8 and {b for b, _ in shapes} == {1, 4}
+    assert 5.0 < overhead < 80.0
 
 
 def _split(ordered, cuts):
