@@ -14,8 +14,8 @@ request from 1, 8, 32 and 128 concurrent clients, and 32 sentences per request f
   venv, benchmarks/.cache/venv-infinity, with torch held at the project's 2.13.0; numpy<2 there), POST /embeddings
   with the same HTTP client.
 Each server's vectors for every sentence are compared with `load(ART).embed` (cosine). Ray Data: `map_batches(Embed)`
-with 1 actor (2 threads) and 2 actors (1 thread each) on a local 2-CPU Ray. Writes serving.json and serving.md with the
-machine's details.
+with 1 actor (2 threads) and 2 actors (1 thread each) on a local 2-CPU Ray. Writes serving.json, serving.md (with the
+machine's details) and serving.png (`--replot` redraws it from the JSON).
 """
 
 from __future__ import annotations
@@ -307,6 +307,47 @@ def report(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SERVERS = {"bertship_serve": "bertship serve (Ray Serve, HTTP)", "triton": "Triton Python backend (gRPC)",
+           "infinity": "infinity 0.0.78 (HTTP)"}
+
+
+def plot(doc: dict[str, Any], path: Path) -> Path | None:
+    """Sentences/s and p50 latency by concurrent clients (one sentence per request) per server, in-process drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (rate_ax, p50_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for key, name in SERVERS.items():
+        res = doc.get(key) or {}
+        if "by_clients" not in res:
+            continue
+        clients = [c for c in res["by_clients"] if c.isdigit()]
+        rows = [res["by_clients"][c] for c in clients]
+        xs = [int(c) for c in clients]
+        rate_ax.plot(xs, [r.get("texts_per_s", r["throughput_rps"]) for r in rows], marker="o", label=name)
+        p50_ax.plot(xs, [r["latency_ms_p50"] for r in rows], marker="o", label=name)
+    base = doc["in_process"]
+    rate_ax.axhline(base["sentences_per_s"], color="grey", ls="--", lw=0.8, label="in-process embed (batch 32)")
+    p50_ax.axhline(base["single_ms_p50"], color="grey", ls="--", lw=0.8, label="in-process, one sentence a call")
+    for ax, label in ((rate_ax, "sentences/s"), (p50_ax, "p50 latency, ms")):
+        ax.set_xscale("log")
+        ax.set_xticks(list(CLIENTS), [str(c) for c in CLIENTS])
+        ax.set_xlabel("concurrent clients, one sentence per request (same 2 cores)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    p50_ax.set_yscale("log")
+    fig.suptitle(f"Serving MiniLM: {doc['machine']['model']} ({doc['machine']['cores']} cores), {doc['created']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -314,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-python", default=None,
                    help="the serving environment's Python (default: found or made by bertship, docs/serving.md)")
     p.add_argument("--skip", default="", help="leave out some of: triton, infinity, ray-data")
+    p.add_argument("--replot", action="store_true", help="only redraw serving.png from --out's serving.json")
     args = p.parse_args(argv)
+    if args.replot:
+        print(plot(json.loads((args.out / "serving.json").read_text()), args.out / "serving.png"))
+        return 0
     skip = set(filter(None, args.skip.split(",")))
     art = args.artifact or default_artifact()
     sentences = texts()
@@ -337,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serving.json").write_text(json.dumps(doc, indent=1) + "\n")
     (args.out / "serving.md").write_text(text)
+    plot(doc, args.out / "serving.png")
     print(text)
     return 0
 

@@ -16,7 +16,8 @@ client process, by tritonserver itself (gRPC, the batcher, copying tensors to an
 processes (Python: decoding, tokenizing, the model run, building the responses), from /proc.
 In-process, on the same sentences: the model's cost per run (fixed + per padded token), and what a batch of k
 sentences in arrival order costs per sentence, cut every 16 and cut where cheapest, against all sentences sorted by
-length (the in-process baseline of benchmarks.serving). Writes triton_path.json and triton_path.md.
+length (the in-process baseline of benchmarks.serving). Writes triton_path.json, triton_path.md and triton_path.png
+(`--replot` redraws the plot from the JSON).
 """
 
 from __future__ import annotations
@@ -213,6 +214,51 @@ def report(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(doc: dict[str, Any], path: Path) -> Path | None:
+    """Left: sentences/s by clients per deployment (median, range as bars), the in-process sorted rate as a line.
+    Right: what k arrival-order sentences cost per sentence, cut every 16 or where cheapest, against the sorted corpus."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for i, (name, res) in enumerate(doc["variants"].items()):
+        rates = [res[str(c)]["texts_per_s"] for c in CLIENTS]
+        lows = [rate - res[str(c)]["texts_per_s_range"][0] for rate, c in zip(rates, CLIENTS)]
+        highs = [res[str(c)]["texts_per_s_range"][1] - rate for rate, c in zip(rates, CLIENTS)]
+        left.errorbar([c * (1 + 0.03 * i) for c in CLIENTS], rates, yerr=[lows, highs], marker="o", capsize=3,
+                      label=name)
+    ip = doc["in_process"]
+    left.axhline(1e3 / ip["sorted_ms_per_sentence"], color="grey", ls="--", lw=0.8, label="in-process, sorted corpus")
+    left.set_xscale("log")
+    left.set_xticks(CLIENTS, [str(c) for c in CLIENTS])
+    left.set_xlabel("concurrent clients (one sentence per gRPC request)")
+    left.set_ylabel("sentences/s")
+    left.set_title(f"Triton Python backend, median of {doc['repeats']} runs")
+    left.legend(fontsize=7)
+    ks = list(ip["arrival_batches_ms_per_sentence"])
+    for how, label in (("every 16", "arrival order, cut every 16 (before)"),
+                       ("cheapest cut", "arrival order, cut where cheapest")):
+        right.plot([int(k) for k in ks], [ip["arrival_batches_ms_per_sentence"][k][how] for k in ks], marker="o",
+                   label=label)
+    right.axhline(ip["sorted_ms_per_sentence"], color="grey", ls="--", lw=0.8, label="all sentences sorted (batch 32)")
+    right.set_xscale("log", base=2)
+    right.set_xticks([int(k) for k in ks], ks)
+    right.set_xlabel("sentences in one execution (k)")
+    right.set_ylabel("ms per sentence, in-process")
+    right.set_title("What padding costs")
+    right.legend(fontsize=7)
+    fig.suptitle(f"{doc['machine']['model']} ({doc['machine']['cores']} cores, {doc['cpu_class']}), {doc['created']}",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.triton_path", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -220,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs of each deployment, interleaved (default: 3)")
     p.add_argument("--server-python", default=None, help="the serving environment's Python (default: found or made "
                    "by bertship, docs/serving.md)")
+    p.add_argument("--replot", action="store_true", help="only redraw triton_path.png from --out's triton_path.json")
     args = p.parse_args(argv)
+    if args.replot:
+        print(plot(json.loads((args.out / "triton_path.json").read_text()), args.out / "triton_path.png"))
+        return 0
     from bertship.runtimes import cpuclass
 
     art = args.artifact or default_artifact()
@@ -249,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "triton_path.json").write_text(json.dumps(doc, indent=1) + "\n")
     (args.out / "triton_path.md").write_text(text)
+    plot(doc, args.out / "triton_path.png")
     print(text)
     return 0
 
