@@ -69,8 +69,8 @@ def application(path: str | Path, backend: str | None, threads: int, replicas: i
             from bertship.runtimes.service import Service
 
             # the replica's event loop and proxy share the CPUs: ONNX Runtime's threads sleep between runs, not spin
-            model = load(path, backend=backend, threads=threads,
-                         runner_options={"allow_spinning": False} if backend in (None, "onnxruntime") else None)
+            # (an option OpenVINO's runner has no use for and leaves alone)
+            model = load(path, backend=backend, threads=threads, runner_options={"allow_spinning": False})
             model.tune_batching()  # each round's length-sorted texts cut where cheapest (runtimes/batcher.py)
             self.service = Service(model, name, limits, truncation)
 

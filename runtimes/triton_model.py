@@ -32,10 +32,10 @@ class TritonPythonModel:
         # default: the backend's (every core) in each instance; the threads sleep while their instance is idle
         threads = int(params["threads"]) if params.get("threads") else None
         # The stub shares the CPUs with the server's threads (gRPC/HTTP, the batcher, the other instances' stubs):
-        # ONNX Runtime's intra-op threads sleep between runs instead of spinning on cores those need.
-        options = {"allow_spinning": False} if params["runtime"] == "onnxruntime" else None
+        # ONNX Runtime's intra-op threads sleep between runs instead of spinning on cores those need (OpenVINO's
+        # runner has no use for the option and leaves it alone).
         self.model = load(folder, backend=params["runtime"], threads=threads, truncation=params["truncation"],
-                          runner_options=options)
+                          runner_options={"allow_spinning": False})
         self.bucket = int(params["bucket_size"])
         # the texts of the requests Triton hands over together are cut into length-sorted batches where cheapest
         if params.get("tune_batching", "true") == "true":
