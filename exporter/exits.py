@@ -16,6 +16,11 @@ the full model's is kept, and of the two rules the cheaper one (both are recorde
 
 The folder written is the input folder (transformers loads it as before) plus exits.safetensors (the off-ramps) and
 exits.json (layers, rule, calibration, training record); `bertship export` turns it into one graph per segment.
+
+On a `bertship tokens` folder (exporter.tokens) both run together: the off-ramps are trained and calibrated on the
+states of the tokens the schedule keeps (and judged against the model with its schedule), exits.json records the
+schedule, and the export hands each segment's kept tokens and their mask to the next. The order is tokens, then exits:
+a schedule added afterwards would change the states the off-ramps were trained on (refused at load).
 """
 
 from __future__ import annotations
@@ -98,8 +103,12 @@ def make_ramps(layers: list[int], hidden: int, labels: int, pooling: str = "cls"
             return torch.cat([state[:, 0], (state * m).sum(1) / m.sum(1).clamp(min=1.0)], -1)
 
         def forward(self, hidden_states, mask):
-            """hidden_states: transformers' tuple (embeddings, layer 1, …); the logits of every off-ramp, in order."""
-            return tuple(self.ramps[str(layer)](self.features(hidden_states[layer], mask)) for layer in self.layers)
+            """hidden_states: transformers' tuple (embeddings, layer 1, …) or, under a token schedule, {layer: state};
+            mask: the attention mask, or {layer: the mask of that layer's kept tokens}. The logits of every off-ramp,
+            in order."""
+            masks = mask if isinstance(mask, dict) else {layer: mask for layer in self.layers}
+            return tuple(self.ramps[str(layer)](self.features(hidden_states[layer], masks[layer]))
+                         for layer in self.layers)
 
     return OffRamps()
 
@@ -137,6 +146,18 @@ def read_exits(root: Path, config: Any) -> tuple[Any, dict[str, Any]] | None:
     return ramps.eval(), spec
 
 
+def layer_states(source: Any, feeds: dict[str, Any]):
+    """(states, masks, logits) of one batch: per layer, the state an off-ramp after it reads and its mask, and the
+    model's final logits. Under a token schedule (a `bertship tokens` folder, source.tokens) the states are those of
+    the kept tokens, as the exported graph runs them; else every token's (transformers' hidden_states)."""
+    if source.tokens is not None:
+        h, _, kept = source.tokens.encode_states(**feeds)
+        return ({k: v[0] for k, v in kept.items()}, {k: v[1] for k, v in kept.items()}, source.tokens.logits(h))
+    out = source.model(**feeds, output_hidden_states=True, return_dict=True)
+    mask = feeds["attention_mask"]
+    return out.hidden_states, {k: mask for k in range(len(out.hidden_states))}, out.logits
+
+
 def _features(source: Any, texts: list[str], pairs: list[str] | None, layers: list[int], batch_size: int,
               max_length: int, ramps: Any, score: bool, log: Callable[[str], None], what: str):
     """One pass of the frozen model over the texts: what each off-ramp reads [N, width] and the final logits
@@ -145,19 +166,19 @@ def _features(source: Any, texts: list[str], pairs: list[str] | None, layers: li
 
     firsts: dict[int, list[Any]] = {layer: [] for layer in layers}
     finals, ramp_logits = [], []
-    model = source.model.eval()
+    source.model.eval()
     start, last_log = time.perf_counter(), 0.0
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             second = pairs[i:i + batch_size] if pairs else None
             enc = source.tokenizer(texts[i:i + batch_size], second, padding=True, truncation=True,
                                    max_length=max_length, return_tensors="pt")
-            out = model(**{k: enc[k] for k in source.family.inputs}, output_hidden_states=True, return_dict=True)
+            states, masks, logits = layer_states(source, {k: enc[k] for k in source.family.inputs})
             for layer in layers:
-                firsts[layer].append(ramps.features(out.hidden_states[layer], enc["attention_mask"]))
-            finals.append(out.logits)
+                firsts[layer].append(ramps.features(states[layer], masks[layer]))
+            finals.append(logits)
             if score:
-                ramp_logits.append(torch.stack(ramps(out.hidden_states, enc["attention_mask"]), 0))
+                ramp_logits.append(torch.stack(ramps(states, masks), 0))
             now = time.perf_counter()
             if now - last_log > 10 or i + batch_size >= len(texts):
                 last_log = now
@@ -281,8 +302,10 @@ def train_exits(path: str | Path, data: str | Path, out: str | Path, *, eval_dat
     length = min(max_length, source.max_length)
     labels = int(source.model.config.num_labels)
     ramps = make_ramps(chosen, hidden_width(source.model.config), labels, pooling)
+    schedule = source.tokens.schedule if source.tokens is not None else None
     log(f"[bertship] exits    {total}-layer {source.family.name} classifier, off-ramps after layers "
-        f"{','.join(map(str, chosen))}; the backbone stays frozen")
+        f"{','.join(map(str, chosen))}; the backbone stays frozen"
+        + (f"; trained and calibrated on the kept tokens of its schedule {schedule}" if schedule else ""))
     feats, teacher, _ = _features(source, train.texts, train.pairs, chosen, batch_size, length, ramps, False, log,
                                   "off-ramp inputs on --data")
     losses = distill(ramps, feats, teacher, epochs, lr, batch_size, seed, log)
@@ -301,7 +324,9 @@ def train_exits(path: str | Path, data: str | Path, out: str | Path, *, eval_dat
             "calibration": {**calibration, "data": str(eval_data)},
             "training": {"data": str(data), "texts": len(train.texts), "epochs": epochs, "lr": lr,
                          "batch_size": batch_size, "max_length": length, "seed": seed, "temperature": TEMPERATURE,
-                         "teacher": "the model's own final classifier (backbone frozen)", "losses": losses}}
+                         "teacher": "the model's own final classifier (backbone frozen)"
+                                    + (", tokens eliminated by its schedule" if schedule else ""), "losses": losses},
+            "tokens_schedule": schedule}
     def write(staging: Path) -> None:  # the fine-tuned model travels unchanged: transformers loads it as before
         from safetensors.torch import save_file
 
@@ -315,7 +340,8 @@ def train_exits(path: str | Path, data: str | Path, out: str | Path, *, eval_dat
 def summary(spec: dict[str, Any]) -> str:
     """`bertship analyze`'s lines for a folder with off-ramps: where the texts of --eval-data left under each rule."""
     cal = spec["calibration"]
-    lines = [f"early exit: off-ramps after layers {','.join(map(str, spec['layers']))} of {cal['layers']}; rule "
+    on = f" on the kept tokens of schedule {spec['tokens_schedule']}" if spec.get("tokens_schedule") else ""
+    lines = [f"early exit: off-ramps after layers {','.join(map(str, spec['layers']))} of {cal['layers']}{on}; rule "
              f"{rules.describe(spec['rule'])} (calibrated on {cal['texts']} texts of {cal.get('data')})"]
     for kind, m in cal["measured"].items():
         hist = ", ".join(f"layer {k}: {v}" for k, v in m.get("histogram", {}).items())

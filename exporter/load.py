@@ -141,7 +141,22 @@ def load_folder(
     _check_tokenizer(source)
     _attach_exits(source, root)
     _attach_tokens(source, root)
+    _check_exits_schedule(source, root)
     return source
+
+
+def _check_exits_schedule(source: Source, root: Path) -> None:
+    """Off-ramps read the states they were trained on: with the folder's token schedule if `bertship exits` ran on a
+    `bertship tokens` folder (both then run in one graph), of every token otherwise."""
+    if source.exits is None:
+        return
+    trained = (source.exits_spec or {}).get("tokens_schedule")
+    now = source.tokens_spec["schedule"] if source.tokens_spec is not None else None
+    if trained != now:
+        def say(x):
+            return f"token schedule {x}" if x else "no token schedule"
+        raise SourceError(f"{root}: the off-ramps were trained with {say(trained)} but the folder has {say(now)} — "
+                          "run `bertship tokens` first, then `bertship exits` on its output")
 
 
 def _attach_tokens(source: Source, root: Path) -> None:
@@ -156,9 +171,6 @@ def _attach_tokens(source: Source, root: Path) -> None:
         raise UsageError(f"{root / TOKENS_FILE} holds a schedule judged for {spec.get('task')}, not "
                          f"{source.task.name} — export it with --task {spec.get('task')}, or re-run `bertship "
                          "tokens` for this task")
-    if source.exits is not None:
-        raise UsageError(f"{root} has off-ramps and a token schedule; bertship exports one or the other today — "
-                         "export the `bertship exits` folder and the `bertship tokens` folder separately")
     check_model(source.model, source.family.name, source.task.name)
     source.tokens, source.tokens_spec = make_eliminating(source.model, spec["schedule"]), spec
     source.info["tokens_sha256"] = _sha256_files(root, [TOKENS_FILE])

@@ -317,9 +317,11 @@ def _segment(staging: Path, name: str, entry: dict[str, Any], source: load_stage
     full = staging / entry["model"]
     folder = full.parent
     if name == "onnxruntime":
-        segs = segments.cut_onnx(full, source.exits.layers, source.family.inputs, folder / "_segments", external, total)
+        segs = segments.cut_onnx(full, source.exits.layers, source.family.inputs, folder / "_segments", external, total,
+                                 masks=source.tokens is not None)
     else:
-        segs = segments.cut_openvino(full, source.exits.layers, folder / "_segments", total)
+        segs = segments.cut_openvino(full, source.exits.layers, folder / "_segments", total,
+                                     masks=source.tokens is not None)
     for rel in entry["files"]:
         (staging / rel).unlink()
     files = []
@@ -438,6 +440,8 @@ def _calibrate_backends(staging: Path, manifest: dict[str, Any], source: load_st
 
 
 def _reference_logits(source: load_stage.Source, texts: list[str], pairs: list[str] | None):
+    """The PyTorch classifier's logits as the artifact's last segment computes them (under the folder's token
+    schedule, if it has one): what the exits are judged against."""
     import torch
 
     out = []
@@ -445,7 +449,11 @@ def _reference_logits(source: load_stage.Source, texts: list[str], pairs: list[s
         for i in range(0, len(texts), 32):
             enc = source.tokenizer(texts[i:i + 32], pairs[i:i + 32] if pairs else None, padding=True, truncation=True,
                                    max_length=source.max_length, return_tensors="pt")
-            out.append(source.model(**{k: enc[k] for k in source.family.inputs}).logits)
+            feeds = {k: enc[k] for k in source.family.inputs}
+            if source.tokens is not None:
+                out.append(source.tokens.logits(source.tokens.encode(**feeds)[0]))
+            else:
+                out.append(source.model(**feeds).logits)
     return torch.cat(out).numpy()
 
 

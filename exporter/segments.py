@@ -1,7 +1,9 @@
 """Cut an early-exit model, as built for a backend under its recipe, into one graph per segment.
 
 The exported graph of an early-exit classifier (exporter.exits) has, besides `logits`, each off-ramp's logits
-(`exit{L}_logits`) and the hidden states after that layer (`exit{L}_hidden`) as outputs. Every recipe builds that
+(`exit{L}_logits`) and the hidden states after that layer (`exit{L}_hidden`) as outputs; under a token schedule
+(exporter.tokens) also the mask of the tokens kept after that layer (`exit{L}_mask`), which the next segment takes
+with the hidden states. Every recipe builds that
 one graph as it builds any other (fusions, int8 by ONNX Runtime's quantizer or NNCF), and only then is it cut at the
 `exit{L}_hidden` tensors, so each segment carries exactly the built model's nodes and quantization parameters:
 - ONNX Runtime: onnx.utils.Extractor (ONNX's own sub-model extraction) between named tensors;
@@ -20,20 +22,35 @@ from typing import Any, Sequence
 from . import onnxio
 
 
-def plan(layers: Sequence[int]) -> list[dict[str, Any]]:
-    """Per segment: the layer it ends after (None: the last, the model's own classifier), its hidden input and outputs."""
+def carried(layer: int, masks: bool) -> list[str]:
+    """What a segment ending after `layer` hands to the next: its hidden states, and under a token schedule the mask
+    of the tokens kept there (the next layers attend and eliminate by it)."""
+    return [f"exit{layer}_hidden"] + ([f"exit{layer}_mask"] if masks else [])
+
+
+def plan(layers: Sequence[int], masks: bool = False) -> list[dict[str, Any]]:
+    """Per segment: the layer it ends after (None: the last, the model's own classifier), the state it takes and the
+    state and logits it outputs (`mask_in`/`mask_out` only under a token schedule)."""
     out = []
     for k in range(len(layers) + 1):
         last = k == len(layers)
-        out.append({"layer": None if last else layers[k],
-                    "hidden_in": None if k == 0 else f"exit{layers[k - 1]}_hidden",
-                    "hidden_out": None if last else f"exit{layers[k]}_hidden",
-                    "logits": "logits" if last else f"exit{layers[k]}_logits"})
+        seg = {"layer": None if last else layers[k],
+               "hidden_in": None if k == 0 else f"exit{layers[k - 1]}_hidden",
+               "hidden_out": None if last else f"exit{layers[k]}_hidden",
+               "logits": "logits" if last else f"exit{layers[k]}_logits"}
+        if masks:
+            seg["mask_in"] = None if k == 0 else f"exit{layers[k - 1]}_mask"
+            seg["mask_out"] = None if last else f"exit{layers[k]}_mask"
+        out.append(seg)
     return out
 
 
+def _state(seg: dict[str, Any], direction: str) -> list[str]:
+    return [seg[key] for key in (f"hidden_{direction}", f"mask_{direction}") if seg.get(key)]
+
+
 def cut_onnx(path: Path, layers: Sequence[int], inputs: Sequence[str], out_dir: Path, mode: str,
-             total: int) -> list[dict[str, Any]]:
+             total: int, masks: bool = False) -> list[dict[str, Any]]:
     """Write segment{k}.onnx files beside nothing else in `out_dir`; their manifest entries (paths relative to it)."""
     import onnx
     import onnx.utils
@@ -41,16 +58,17 @@ def cut_onnx(path: Path, layers: Sequence[int], inputs: Sequence[str], out_dir: 
     model = onnx.load(str(path))
     extractor = onnx.utils.Extractor(model)
     segments = []
-    for k, seg in enumerate(plan(layers)):
-        outs = [seg["logits"]] + ([seg["hidden_out"]] if seg["hidden_out"] else [])
-        ins = ([seg["hidden_in"]] if seg["hidden_in"] else []) + list(inputs)
+    for k, seg in enumerate(plan(layers, masks)):
+        outs = [seg["logits"]] + _state(seg, "out")
+        ins = _state(seg, "in") + list(inputs)
         sub = extractor.extract_model(ins, outs)
         read = {name for node in sub.graph.node for name in node.input}
         unused = [i for i in sub.graph.input if i.name not in read]
         for i in unused:
             sub.graph.input.remove(i)
-        if seg["hidden_in"] and seg["hidden_in"] not in read:
-            raise RuntimeError(f"segment {k} does not read {seg['hidden_in']}: the graph cannot be cut there")
+        missing = [name for name in _state(seg, "in") if name not in read]
+        if missing:
+            raise RuntimeError(f"segment {k} does not read {', '.join(missing)}: the graph cannot be cut there")
         file = out_dir / f"segment{k}.onnx"
         onnxio.save(sub, file, mode)
         segments.append({**seg, "layer": seg["layer"] or total, "model": file.name,
@@ -58,25 +76,26 @@ def cut_onnx(path: Path, layers: Sequence[int], inputs: Sequence[str], out_dir: 
     return segments
 
 
-def cut_openvino(xml: Path, layers: Sequence[int], out_dir: Path, total: int) -> list[dict[str, Any]]:
+def cut_openvino(xml: Path, layers: Sequence[int], out_dir: Path, total: int,
+                 masks: bool = False) -> list[dict[str, Any]]:
     """Write segment{k}.xml/.bin in `out_dir`; their manifest entries (paths relative to it)."""
     import openvino as ov
 
     core = ov.Core()
     segments = []
-    for k, seg in enumerate(plan(layers)):
+    for k, seg in enumerate(plan(layers, masks)):
         model = core.read_model(str(xml))
         results = {name: r for r in model.get_results() for name in r.input_value(0).get_names()}
         params: list[Any] = []
-        if seg["hidden_in"]:
-            source = results[seg["hidden_in"]].input_value(0)
-            hidden = ov.opset13.parameter(source.get_partial_shape(), source.get_element_type(), name=seg["hidden_in"])
-            hidden.output(0).set_names({seg["hidden_in"]})
+        for name in _state(seg, "in"):  # the state handed over: a new Parameter its consumers read instead
+            source = results[name].input_value(0)
+            state = ov.opset13.parameter(source.get_partial_shape(), source.get_element_type(), name=name)
+            state.output(0).set_names({name})
             for target in list(source.get_target_inputs()):
                 if target.get_node().get_type_name() != "Result":
-                    target.replace_source_output(hidden.output(0))
-            params.append(hidden)
-        wanted = [results[seg["logits"]]] + ([results[seg["hidden_out"]]] if seg["hidden_out"] else [])
+                    target.replace_source_output(state.output(0))
+            params.append(state)
+        wanted = [results[name] for name in [seg["logits"]] + _state(seg, "out")]
         reached = _parameters(wanted)
         params += [p for p in model.get_parameters() if p.get_name() in reached]
         sub = ov.Model(wanted, params, f"segment{k}")

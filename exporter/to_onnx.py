@@ -32,6 +32,12 @@ def graph_module(source: Source):
 
         def forward(self, *args):
             feeds = dict(zip(source.family.inputs, args))
+            if self.tokens is not None and self.exits is not None:  # both: off-ramps read the kept tokens' states
+                h, _, kept = self.tokens.encode_states(**feeds)
+                layers = self.exits.layers
+                states, masks = {k: kept[k][0] for k in layers}, {k: kept[k][1] for k in layers}
+                return (self.tokens.logits(h), *self.exits(states, masks),
+                        *(t for k in layers for t in (states[k], masks[k])))  # in cut_points' order
             if self.tokens is not None:  # token elimination: the task's output from the kept tokens
                 from .heads import pool
                 from .tokens import task_value
@@ -47,8 +53,13 @@ def graph_module(source: Source):
 
 
 def cut_points(source: Source) -> list[str]:
-    """The hidden-state outputs an early-exit graph is cut at into segments (exporter.segments); none otherwise."""
-    return [f"exit{layer}_hidden" for layer in source.exits.layers] if source.exits is not None else []
+    """The outputs an early-exit graph is cut at into segments (exporter.segments): the hidden states after each
+    off-ramp's layer, and under a token schedule also the mask of the tokens kept there; none without off-ramps."""
+    if source.exits is None:
+        return []
+    from .segments import carried
+
+    return [name for layer in source.exits.layers for name in carried(layer, source.tokens is not None)]
 
 
 @contextmanager
@@ -87,7 +98,8 @@ def to_onnx(source: Source, feeds: dict[str, np.ndarray], path: Path, external_d
         axes[o.name] = {i: a for i, a in enumerate(o.axes) if a in ("batch", "sequence")}
     for name in cut_points(source):  # graph outputs too, so every later stage keeps them by name
         output_names.append(name)
-        axes[name] = {0: "batch", 1: "sequence"}
+        # under a token schedule a cut point is as wide as the tokens kept there, not the input
+        axes[name] = {0: "batch", 1: "sequence" if source.tokens is None else f"{name}_tokens"}
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), traced_as_python(source.family.script_modules):
         # The TorchScript exporter announces its own deprecation and traces Python branches on shapes; both are

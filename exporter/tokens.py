@@ -95,7 +95,8 @@ def check_model(model: Any, family: str, task: str) -> None:
 def make_eliminating(model: Any, schedule: list[float]):
     """A torch module running `model`'s encoder layer by layer with tokens eliminated after each layer; its
     `encode(input_ids, attention_mask, token_type_ids)` returns (hidden states of the kept tokens [B, k, H] with the
-    first token first, their mask [B, k])."""
+    first token first, their mask [B, k]); `encode_states` also each layer's (state, mask) after its elimination, what
+    an off-ramp after that layer reads and what the next layer starts from (early exit on top: exporter.exits)."""
     import torch
 
     class Eliminating(torch.nn.Module):
@@ -105,12 +106,18 @@ def make_eliminating(model: Any, schedule: list[float]):
             self.schedule = list(schedule)
 
         def encode(self, input_ids, attention_mask, token_type_ids=None):
+            h, mask, _ = self.encode_states(input_ids, attention_mask, token_type_ids)
+            return h, mask
+
+        def encode_states(self, input_ids, attention_mask, token_type_ids=None):
+            """(h, mask, {layer (1-based, all but the last): (h, mask) after that layer's elimination})."""
             base = base_of(self.model)
             h = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
             if getattr(base, "embeddings_project", None) is not None:  # ELECTRA's factorized embedding
                 h = base.embeddings_project(h)
             mask = attention_mask.to(h.dtype)
             lengths = mask.sum(1)  # each text's own token count: what its shares are of
+            states = {}
             for i, layer in enumerate(base.encoder.layer):
                 ext = (1.0 - mask)[:, None, None, :] * torch.finfo(h.dtype).min
                 out = layer(h, attention_mask=ext, output_attentions=True)
@@ -128,7 +135,8 @@ def make_eliminating(model: Any, schedule: list[float]):
                 h = torch.gather(h, 1, top.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
                 rank = torch.arange(top.shape[1], device=h.device)[None, :].to(h.dtype)
                 mask = torch.gather(mask, 1, top) * (rank < keep[:, None]).to(h.dtype)
-            return h, mask
+                states[i + 1] = (h, mask)
+            return h, mask, states
 
         def logits(self, h):
             """The sequence classifier on the kept tokens (its first token is the text's first)."""
@@ -279,6 +287,9 @@ def search_tokens(path: str | Path, out: str | Path, *, eval_data: str | Path, d
     log(f"[bertship] tokens   loading {root} …")
     source = load_folder(root, task)
     check_model(source.model, source.family.name, source.task.name)
+    if source.exits is not None:
+        raise UsageError(f"{root} has off-ramps ({root / 'exits.json'}), trained on the states of every token — run "
+                         "`bertship tokens` on the fine-tuned model first, then `bertship exits` on its output")
     classifier = source.task.name == "sequence-classification"
     if max_accuracy_drop is not None and min_cosine is not None:
         raise UsageError("pass --max-accuracy-drop (a classifier) or --min-cosine (embeddings), not both")

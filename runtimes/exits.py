@@ -5,7 +5,9 @@ An early-exit artifact holds, per backend, one graph per segment (exporter.segme
 off-ramp k-1 up to off-ramp k and outputs that off-ramp's logits and the hidden states the next segment starts from;
 the last segment ends with the model's own classifier. ONNX Runtime cannot leave one session half-way (microsoft/
 onnxruntime #4484) and an ONNX If exits a whole batch or none of it, so the chain is run here: after each segment the
-rule decides per text, and only the texts still running go on, cut to the longest of them.
+rule decides per text, and only the texts still running go on, cut to the longest of them. Under a token schedule
+(exporter.tokens) a segment also hands on the mask of the tokens kept (`mask_out` → the next one's `mask_in`), and
+that state is cut to the most tokens any running text kept.
 
 Rules (exporter.exits calibrates one on labelled held-out text):
     {"kind": "entropy", "threshold": t}   leave when softmax entropy / log(labels) < t (DeeBERT)
@@ -110,29 +112,38 @@ class SegmentRunner:
         self.input_names = tuple(first.input_names)
         self.output_names = tuple(s["logits"] for s in segments[-1:]) + tuple(s["logits"] for s in segments[:-1])
 
-    def _inputs(self, k: int, feeds: dict[str, np.ndarray], hidden: np.ndarray | None,
+    def _inputs(self, k: int, feeds: dict[str, np.ndarray], state: dict[str, np.ndarray],
                 rows: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Segment k's feeds: the texts' own inputs, cut to the longest text still running (the last column any of
+        them uses), and the state the segment before handed over, cut likewise — by the mask of the tokens kept
+        there when a token schedule runs with the exits, else as the inputs."""
         seg, runner = self.segments[k], self.runners[k]
         mask = feeds["attention_mask"] if rows is None else feeds["attention_mask"][rows]
-        # cut to the longest text still running (the last column any of them uses)
-        used = np.flatnonzero(mask.any(0))
-        width = int(used[-1]) + 1 if used.size else mask.shape[1]
+        width = _width(mask)
+        state_width = _width(state[seg["mask_in"]]) if seg.get("mask_in") else width
         out = {}
         for name in runner.input_names:
-            if name == seg.get("hidden_in"):
-                out[name] = np.ascontiguousarray(hidden[:, :width])
+            if name in state:
+                out[name] = np.ascontiguousarray(state[name][:, :state_width])
             else:
                 value = feeds[name] if rows is None else feeds[name][rows]
                 out[name] = np.ascontiguousarray(value[:, :width])
         return out
 
+    @staticmethod
+    def _handed(seg: dict[str, Any], out: dict[str, np.ndarray], keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The state segment `seg` hands to the next (its hidden states, and a token schedule's mask: the next
+        segment's inputs of the same names), rows `keep` of it."""
+        names = [seg[key] for key in ("hidden_out", "mask_out") if seg.get(key)]
+        return {name: out[name] if keep is None else out[name][keep] for name in names}
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results: dict[str, np.ndarray] = {}
-        hidden = None
+        state: dict[str, np.ndarray] = {}
         for k, seg in enumerate(self.segments):
-            out = self.runners[k].run(self._inputs(k, feeds, hidden, None))
+            out = self.runners[k].run(self._inputs(k, feeds, state, None))
             results[seg["logits"]] = out[seg["logits"]]
-            hidden = out.get(seg.get("hidden_out")) if seg.get("hidden_out") else None
+            state = self._handed(seg, out)
         return {name: results[name] for name in self.output_names}
 
     def run_exits(self, feeds: dict[str, np.ndarray], rule: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -143,9 +154,9 @@ class SegmentRunner:
         logits: np.ndarray | None = None
         layer = np.full(rows_total, self.total_layers, dtype=np.int64)
         rows = np.arange(rows_total)
-        hidden = None
+        state: dict[str, np.ndarray] = {}
         for k, seg in enumerate(self.segments):
-            out = self.runners[k].run(self._inputs(k, feeds, hidden, rows if len(rows) < rows_total else None))
+            out = self.runners[k].run(self._inputs(k, feeds, state, rows if len(rows) < rows_total else None))
             here = out[seg["logits"]]
             if logits is None:
                 logits = np.zeros((rows_total, here.shape[-1]), dtype=np.float32)
@@ -160,5 +171,11 @@ class SegmentRunner:
                 break
             decider.keep(stay)
             rows = rows[stay]
-            hidden = out[seg["hidden_out"]][stay]
+            state = self._handed(seg, out, stay)
         return logits, layer
+
+
+def _width(mask: np.ndarray) -> int:
+    """One past the last column any row of `mask` uses (its full width when none does)."""
+    used = np.flatnonzero(mask.any(0))
+    return int(used[-1]) + 1 if used.size else mask.shape[1]

@@ -51,6 +51,10 @@ def describe(manifest: dict[str, Any], root: Path | None = None) -> str:
         lines += ["", "## Early exit", "", f"- off-ramps after layers {', '.join(map(str, exits['layers']))}; rule "
                   f"{rule_text(exits['rule'])}; each backend runs {len(exits['layers']) + 1} segments, texts that "
                   "exit leave the batch"]
+        if manifest.get("tokens"):
+            lines.append("- with token elimination: the off-ramps were trained and calibrated on the kept tokens, each "
+                         "segment hands the next its kept tokens and their mask; \"full\" below is the model with "
+                         "its token schedule")
         cal = exits.get("calibration") or {}
         for kind, m in cal.get("measured", {}).items():
             lines.append(f"- calibrated ({kind}, on {cal.get('texts')} texts of {cal.get('data')}): "

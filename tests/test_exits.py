@@ -373,3 +373,134 @@ def test_each_backend_calibrates_its_own_rule_on_its_segments(exit_folder, tmp_p
     # only for an early-exit folder
     with pytest.raises(UsageError, match="--exit-calibration calibrates the exit rule"):
         export(data / "model", out=tmp_path / "x", exit_calibration=str(data / "dev.tsv"), log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def both_artifact(fine_tuned, tmp_path_factory):
+    """recipe -> (artifact, folder): the fine-tuned tiny classifier with a token schedule (`bertship tokens`), then
+    off-ramps trained on its kept tokens (`bertship exits` on that folder), exported on both backends."""
+    from bertship.exporter import export
+    from bertship.exporter.exits import train_exits
+    from bertship.exporter.tokens import search_tokens
+
+    def folder(root: Path) -> None:
+        search_tokens(fine_tuned / "model", root / "tokens", eval_data=fine_tuned / "dev.tsv", schedule=BOTH_SCHEDULE,
+                      max_accuracy_drop="20%")
+        train_exits(root / "tokens", fine_tuned / "train.tsv", root / "both", eval_data=fine_tuned / "dev.tsv",
+                    max_accuracy_drop="2%")
+
+    both = built_once(tmp_path_factory, "both-folder", folder) / "both"
+
+    def make(recipe: str) -> tuple[Path, Path]:
+        built = built_once(tmp_path_factory, f"both-art-{recipe}",
+                           lambda root: export(both, out=root / "art", recipe=recipe,
+                                               eval_data=str(fine_tuned / "test.tsv"), max_accuracy_drop="20%",
+                                               log=lambda _: None))
+        return built / "art", both
+
+    return make
+
+
+BOTH_SCHEDULE = "0.7,0.5,0.35"
+
+
+def _pytorch_both(folder: Path, texts: list[str]) -> dict[str, np.ndarray]:
+    """The folder's graph module in PyTorch (tokens eliminated, off-ramps on the kept tokens): every output by name."""
+    import torch
+
+    from bertship.exporter.load import load_folder
+    from bertship.exporter.to_onnx import cut_points, graph_module
+
+    source = load_folder(folder, "sequence-classification")
+    enc = source.tokenizer(texts, padding=True, truncation=True, max_length=source.max_length, return_tensors="pt")
+    with torch.no_grad():
+        outs = graph_module(source)(*[enc[k] for k in source.family.inputs])
+    names = [o.name for o in source.task.outputs] + cut_points(source)
+    return {n: o.numpy() for n, o in zip(names, outs)}
+
+
+@pytest.mark.parametrize("recipe", ["fp32", "int8-static"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_exits_and_token_elimination_run_together(both_artifact, fine_tuned, recipe, backend):
+    """One artifact with both: segments hand on the kept tokens and their mask, texts leave per their off-ramp, and
+    the outputs are those of the eliminating model with off-ramps on its kept tokens."""
+    art, folder = both_artifact(recipe)
+    texts = _test_texts(fine_tuned)[:96]
+    spec = json.loads((folder / "exits.json").read_text())
+    assert spec["tokens_schedule"] == [0.7, 0.5, 0.35] and (folder / "tokens.json").is_file()
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["tokens"]["schedule"] == [0.7, 0.5, 0.35] and manifest["exits"]["layers"] == [1, 2, 3]
+    segs = manifest["backends"][backend]["segments"]
+    assert all({s["hidden_in"], s["mask_in"]} <= set(s["inputs"]) for s in segs[1:])
+    model = load(art, backend=backend)
+    every = model.encode(texts)
+    ref = _pytorch_both(folder, texts)
+    names = ["logits", "exit1_logits", "exit2_logits", "exit3_logits"]
+    if recipe == "fp32":  # the chain computes what PyTorch's eliminating model with its off-ramps computes
+        for name in names:
+            np.testing.assert_allclose(every[name], ref[name], atol=1e-4)
+        # and that is not the full model's: tokens really go (the off-ramps read states of fewer tokens)
+        from bertship.exporter.load import load_folder
+        from bertship.exporter.tokens import outputs
+
+        source = load_folder(folder, "sequence-classification")
+        full = outputs(source, None, texts, None, source.max_length)
+        assert np.abs(every["logits"] - full).max() > 1e-2
+    ramps = np.stack([every[f"exit{k}_logits"] for k in (1, 2, 3)])
+    rule = _midway_rule(model, texts)
+    want_pred, want_layer = rules.apply_offline(rule, ramps, every["logits"], [1, 2, 3], 4)
+    counting = [Counting(r) for r in model.runner.runners]
+    seen: list[tuple[int, int]] = []  # (input width, handed-over state width) per later segment run
+
+    def spy(c):
+        run = c.run
+
+        def wrapped(feeds):
+            if "exit1_hidden" in feeds or "exit2_hidden" in feeds or "exit3_hidden" in feeds:
+                state = next(v for k, v in feeds.items() if k.endswith("_hidden"))
+                seen.append((feeds["attention_mask"].shape[1] if "attention_mask" in feeds else None, state.shape[1]))
+            return run(feeds)
+        c.run = wrapped
+        return c
+
+    model.runner.runners = [spy(c) for c in counting]
+    try:
+        got = model.classify(texts, batch_size=32, rule=rule)
+    finally:
+        model.runner.runners = [c.runner for c in counting]
+    layers = np.array([g["exit_layer"] for g in got])
+    close = (np.abs(rules.normalized_entropy(ramps) - rule["threshold"]) < 0.005)
+    near = (close & (np.arange(1, 4)[:, None] <= want_layer[None, :])).any(0)
+    assert (~near).mean() >= 0.5 and (layers == want_layer)[~near].all()
+    assert (layers < 4).any() and len(set(layers.tolist())) >= 2
+    rows = [sum(c.rows) for c in counting]
+    assert rows[0] == len(texts) and rows[1:] == [int((layers > k).sum()) for k in (1, 2, 3)]
+    # the state handed on is the kept tokens': narrower than the texts' own inputs
+    widths = [(w, s) for w, s in seen if w is not None]
+    assert widths and all(s < w for w, s in widths)
+
+
+def test_the_order_is_tokens_then_exits(both_artifact, exit_folder, fine_tuned, tmp_path, capsys):
+    import shutil
+
+    _, both = both_artifact("fp32")
+    folder, data = exit_folder
+    # a schedule on a folder with off-ramps would change the states they were trained on
+    assert main(["tokens", str(folder), "--eval-data", str(data / "dev.tsv"), "--out", str(tmp_path / "t"),
+                 "--schedule", BOTH_SCHEDULE]) == 2
+    assert "run `bertship tokens` on the fine-tuned model first" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+    # off-ramps trained with a schedule do not run without it, nor under another one
+    for change in ("drop", "other"):
+        bad = tmp_path / change
+        shutil.copytree(both, bad)
+        if change == "drop":
+            (bad / "tokens.json").unlink()
+        else:
+            spec = json.loads((bad / "tokens.json").read_text())
+            spec["schedule"] = [0.9, 0.8, 0.7]
+            (bad / "tokens.json").write_text(json.dumps(spec))
+        assert main(["export", str(bad), "--eval-data", str(data / "test.tsv"), "--out", str(tmp_path / "a")]) == 3
+        err = capsys.readouterr().err
+        assert "off-ramps were trained with token schedule [0.7, 0.5, 0.35]" in err, err
+        assert not (tmp_path / "a").exists()

@@ -137,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     ee = sub.add_parser("exits", help="train early-exit off-ramps for a fine-tuned classifier and calibrate the exit "
                         "rule (needs the export extra)", epilog=_exit_codes_text(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ee.add_argument("model", help="fine-tuned sequence-classification folder (Hugging Face)")
+    ee.add_argument("model", help="fine-tuned sequence-classification folder (Hugging Face), or the folder `bertship "
+                    "tokens` wrote for it: the off-ramps then learn on the kept tokens and both run in one artifact")
     ee.add_argument("--data", required=True, help="training texts, .tsv (text<TAB>label or text<TAB>pair<TAB>label) "
                     "or .jsonl: the off-ramps learn the model's own predictions on them (labels are not used)")
     ee.add_argument("--eval-data", required=True, help="labelled held-out texts the exit rule is calibrated on")
