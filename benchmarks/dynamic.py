@@ -7,6 +7,7 @@ after layers 1-5 (`bertship exits`, distilled on the train split, the rule calib
 is exported under fp32, int8-dynamic (ONNX Runtime) and int8-static (OpenVINO) beside the same recipes of the dense
 model, each backend's exit rule calibrated on dev from its own segments (--exit-calibration). Token elimination: the
 schedule `bertship tokens` searches on dev, and keep 0.5^layer recovered by distillation, exported the same way.
+Both together: off-ramps trained on the searched schedule's folder (`bertship exits` on it), exported like early exit.
 Every export of the early-exit folder is gated on the test split at the calibrated limit; one the gate refuses
 is exported again with the limit lifted, measured, and reported as refused. Every variant is scored on the test split
 (1,057 sentences, never tuned on) and timed by benchmarks/dynamic_worker.py in its own process, two passes
@@ -69,6 +70,10 @@ def build(clf: Path, exits: Path, dev: Path, test: Path) -> tuple[dict[str, tupl
                     continue
             if res.returncode != 0:
                 raise SystemExit(res.stderr[-2000:])
+            if name in refused:  # a later run with the artifact cached still reports the refusal
+                (art / "refused.txt").write_text(refused[name] + "\n")
+        elif (art / "refused.txt").exists():
+            refused[f"early exit {recipe} ({label})"] = (art / "refused.txt").read_text().strip()
         variants[f"early exit {recipe} ({label})"] = (art, backend)
     return variants, refused
 
@@ -102,6 +107,46 @@ def build_tokens(clf: Path, train: Path, dev: Path, test: Path, steps: int) -> d
 
 
 WORK_OF: dict[str, str] = {}  # token variant -> the folder its schedule is in
+
+
+def build_both(train: Path, dev: Path, test: Path) -> tuple[dict[str, tuple[Path, str]], dict[str, str]]:
+    """Both together: off-ramps after layers 1-5 trained and calibrated (dev, 1 %) on the kept tokens of the searched
+    schedule's folder (`bertship exits` on `mr-tokens`), exported and gated like the early-exit folder."""
+    tokens, both = WORK / "mr-tokens", WORK / "mr-both"
+    if not (both / "exits.json").exists():
+        res = _cli(["exits", str(tokens), "--data", str(train), "--eval-data", str(dev), "--out", str(both), "--force"])
+        if res.returncode != 0:
+            raise SystemExit(res.stderr[-2000:])
+        _log(res.stdout.strip())
+    variants, refused = {}, {}
+    for recipe, backend, label in RECIPES:
+        art, name = WORK / f"both-{recipe}-{backend}", f"both {recipe} ({label})"
+        if not (art / "manifest.json").exists():
+            args = ["export", str(both), "--recipe", recipe, "--backends", backend, "--eval-data", str(test),
+                    "--exit-calibration", str(dev), "--out", str(art), "--force"]
+            res = _cli(args)
+            if res.returncode == 4:  # refused at the calibrated limit: measured with the limit lifted, reported so
+                refused[name] = res.stderr.strip().splitlines()[-1]
+                res = _cli(args + ["--max-accuracy-drop", "99%"])
+                if res.returncode == 4:
+                    refused[name] = res.stderr.strip().splitlines()[-1]
+                    continue
+            if res.returncode != 0:
+                _log(f"{name}: refused: {res.stderr.strip().splitlines()[-1]}")
+                continue
+            if name in refused:  # a later run with the artifact cached still reports the refusal
+                (art / "refused.txt").write_text(refused[name] + "\n")
+        elif (art / "refused.txt").exists():
+            refused[name] = (art / "refused.txt").read_text().strip()
+        variants[name] = (art, backend)
+    return variants, refused
+
+
+def both_work(histogram: dict[str, int], schedule: list[float], total: int) -> float:
+    """The layer work of texts that left after the layers in `histogram` under a token schedule: a text leaving
+    after layer L did layer 1 on all its tokens and layer l > 1 on the share kept after layer l - 1."""
+    done = sum(n * (1.0 + sum(schedule[:int(layer) - 1])) for layer, n in histogram.items())
+    return done / (sum(histogram.values()) * total)
 
 
 def embeddings(data: dict[str, list[tuple[str, int]]], passes: int) -> dict[str, Any]:
@@ -223,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     variants, refused = build(clf, exits, dev, test)
     if not args.skip_tokens:
         variants.update(build_tokens(clf, train, dev, test, args.recover_steps))
+        both, refused_both = build_both(train, dev, test)
+        variants.update(both)
+        refused.update(refused_both)
     results = measure(variants, test, args.passes)
     emb = embeddings(data, args.passes) if not args.skip_tokens else None
     tokens = {name: json.loads((WORK / name / "tokens.json").read_text()) for name in
@@ -231,10 +279,17 @@ def main(argv: list[str] | None = None) -> int:
         if name in results:
             results[name]["work"] = tokens[folder]["result"]["cost"]
             results[name]["schedule"] = tokens[folder]["schedule"]
+    for name, r in results.items():
+        if name.startswith("both "):
+            r["schedule"] = tokens["mr-tokens"]["schedule"]
+            r["work"] = round(both_work(r["exit_histogram"], r["schedule"], r["total_layers"]), 4)
+    if (WORK / "mr-both" / "exits.json").exists():
+        both_spec = json.loads((WORK / "mr-both" / "exits.json").read_text())
     record = {"benchmark": "dynamic", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "command": "python -m benchmarks.dynamic " + " ".join(argv or sys.argv[1:]), "machine": cpu_info(),
               "threads": 2, "minutes": round((time.time() - start) / 60, 1), "test_texts": len(data["test"]),
               "exits": json.loads((exits / "exits.json").read_text()), "tokens": tokens, "embeddings": emb,
+              "both": both_spec if not args.skip_tokens else None,
               "refused": refused,
               "variants": results}
     _write(record, args.out)
@@ -277,7 +332,7 @@ def markdown(record: dict[str, Any]) -> str:
              "| variant | accuracy | Δ vs fp32 (points) | Δ vs best dense int8 | layer work | b1 p50 ms | b1 × best "
              "dense int8 | b32 texts/s | b32 × best dense int8 |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in v.items():
-        work = (r["mean_layers"] / r["total_layers"] if r.get("mean_layers") is not None else r.get("work", 1.0))
+        work = r.get("work") or (r["mean_layers"] / r["total_layers"] if r.get("mean_layers") is not None else 1.0)
         lines.append(f"| {name}{' (gate refused)' if name in record['refused'] else ''} | {r['accuracy']:.4f} | "
                      f"{(r['accuracy'] - fp32['accuracy']) * 100:+.1f} | {(r['accuracy'] - b['accuracy']) * 100:+.1f} | "
                      f"{work:.2f} | {r['b1_p50_ms']:.2f} | {b['b1_p50_ms'] / r['b1_p50_ms']:.2f}× | "
@@ -305,7 +360,18 @@ def markdown(record: dict[str, Any]) -> str:
         if r.get("segments"):
             lines.append(f"| {name} | " + " | ".join(f"{s['rows']} rows, {s['ms']:.0f} ms ({s['ms_per_row']:.3f}/row)"
                                                     for s in r["segments"]) + " |")
-    for kind, prefix, aim in (("early exit", "early exit int8", 1.6), ("token elimination", "tokens", 1.5)):
+    both = record.get("both")
+    if both:
+        bc = both["calibration"]
+        lines += ["", f"Both together (`mr-both`: `bertship exits` on `mr-tokens`): off-ramps after layers "
+                  f"{','.join(map(str, both['layers']))} trained and calibrated on the kept tokens of schedule "
+                  f"{both['tokens_schedule']}; rule {both['rule']} on dev at ≤ {bc['max_accuracy_drop'] * 100:g} % "
+                  f"against the model with its schedule (dev accuracy {bc['full_accuracy']:.4f}; entropy "
+                  f"{bc['measured'].get('entropy', {}).get('mean_layers', '—')} layers, patience "
+                  f"{bc['measured'].get('patience', {}).get('mean_layers', '—')} layers). Layer work of a both row: "
+                  "tokens per layer of the layers each text ran, over the dense model's."]
+    for kind, prefix, aim in (("early exit", "early exit int8", 1.6), ("token elimination", "tokens", 1.5),
+                              ("both together", "both int8", 2.0)):
         ok = [n for n in v if n.startswith(prefix) and "int8" in n and n not in record["refused"]
               and (b["accuracy"] - v[n]["accuracy"]) * 100 <= 1.0]
         top = max(ok, key=lambda n: v[n]["b32_texts_per_s"]) if ok else None
@@ -333,8 +399,6 @@ def markdown(record: dict[str, Any]) -> str:
             lines.append(f"| {key} | {r['mean_tokens']:.0f} | {r.get('cosine_min', 1):.4f} | "
                          f"{r.get('cosine_p1', 1):.4f} | {r.get('cosine_mean', 1):.5f} | {r['b32_texts_per_s']:.0f} | "
                          f"{r['b32_texts_per_s'] / dense:.2f}× |")
-    lines += ["", "Aim: both together ≥ 2×: not measured — bertship exports a folder's off-ramps or its token schedule, "
-              "not both in one artifact yet."]
     return "\n".join(lines) + "\n"
 
 
@@ -363,7 +427,7 @@ def plot(record: dict[str, Any], path: Path) -> None:
         b.annotate(name, (r["b32_texts_per_s"], r["accuracy"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
     b.set_xlabel("texts/s, batches of 32 (2 threads)")
     b.set_ylabel("accuracy (MR test)")
-    b.set_title("Speed/accuracy: dense vs early exit")
+    b.set_title("Speed/accuracy: dense vs dynamic inference")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
