@@ -11,7 +11,9 @@ one graph as it builds any other (fusions, int8 by ONNX Runtime's quantizer or N
   the segment needs (OpenVINO cannot convert a cut of an IR, only of a source model).
 Each segment also takes whichever original inputs its nodes read (attention_mask for the mask of every layer, and
 input_ids where a shape is taken from it); the runtime feeds them cut to the texts still running
-(runtimes.exits.SegmentRunner).
+(runtimes.exits.SegmentRunner). Under a token schedule OpenVINO's IR takes the shape of a gathered tensor from TopK's
+indices of the layer before the cut; those ShapeOf nodes are re-pointed at the handed-over tensor of the same shape, so
+that a segment does not recompute every layer before it for a size (tested: one TopK per segment, no input_ids).
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ def cut_openvino(xml: Path, layers: Sequence[int], out_dir: Path, total: int,
         model = core.read_model(str(xml))
         results = {name: r for r in model.get_results() for name in r.input_value(0).get_names()}
         params: list[Any] = []
-        for name in _state(seg, "in"):  # the state handed over: a new Parameter its consumers read instead
-            source = results[name].input_value(0)
+        sources = {name: results[name].input_value(0) for name in _state(seg, "in")}
+        before = _upstream([out.get_node() for out in sources.values()])  # what the segments before compute
+        for name, source in sources.items():  # the state handed over: a new Parameter its consumers read instead
             state = ov.opset13.parameter(source.get_partial_shape(), source.get_element_type(), name=name)
             state.output(0).set_names({name})
             for target in list(source.get_target_inputs()):
@@ -96,6 +99,8 @@ def cut_openvino(xml: Path, layers: Sequence[int], out_dir: Path, total: int,
                     target.replace_source_output(state.output(0))
             params.append(state)
         wanted = [results[name] for name in [seg["logits"]] + _state(seg, "out")]
+        if masks and params:
+            _reshape_from_state(core, model.get_parameters(), wanted, before, sources, params)
         reached = _parameters(wanted)
         params += [p for p in model.get_parameters() if p.get_name() in reached]
         sub = ov.Model(wanted, params, f"segment{k}")
@@ -104,6 +109,72 @@ def cut_openvino(xml: Path, layers: Sequence[int], out_dir: Path, total: int,
         segments.append({**seg, "layer": seg["layer"] or total, "model": file.name,
                          "inputs": [p.get_friendly_name() for p in params]})
     return segments
+
+
+def _upstream(nodes: list[Any]) -> set[str]:
+    """The (unique) names of `nodes` and every node they depend on."""
+    seen, stack = set(), list(nodes)
+    while stack:
+        node = stack.pop()
+        if node.get_name() not in seen:
+            seen.add(node.get_name())
+            stack += [value.get_node() for value in node.input_values()]
+    return seen
+
+
+def _reshape_from_state(core: Any, originals: list[Any], wanted: list[Any], before: set[str],
+                        sources: dict[str, Any], params: list[Any]) -> None:
+    """OpenVINO's conversion rewrites the shape of a gathered tensor as the shape of its indices, so the next layer's
+    reshapes read TopK's output of the layer before the cut: left so, a segment would recompute every layer before it
+    (from input_ids) just for a shape. Each such ShapeOf is re-pointed at the handed-over tensor whose shape equals
+    its input's on probe batches of several sizes and lengths (the kept tokens' mask or hidden states); one without
+    such a twin is left as it is (correct, and slower)."""
+    import numpy as np
+    import openvino as ov
+
+    leaks, seen, stack = [], set(), [r.input_value(0).get_node() for r in wanted]
+    while stack:
+        node = stack.pop()
+        if node.get_name() in seen or node.get_type_name() in ("Parameter", "Constant"):
+            continue
+        seen.add(node.get_name())
+        if node.get_type_name() == "ShapeOf":
+            src = node.input_value(0)
+            if src.get_node().get_name() in before and src.get_node().get_type_name() not in ("Parameter", "Constant"):
+                leaks.append(node)
+                continue
+        stack += [value.get_node() for value in node.input_values()]
+    if not leaks:
+        return
+    # what the leaks and the handed-over tensors read lies before the cut: a probe model of those nodes alone
+    names = list(sources)
+    probe_outs = [leak.input_value(0) for leak in leaks] + [sources[n] for n in names]
+    inputs = [p for p in originals if p.get_name() in _parameters([o.get_node() for o in probe_outs])]
+    compiled = core.compile_model(ov.Model(probe_outs, inputs, "probe"), "CPU")
+    rng = np.random.default_rng(0)
+    shapes: list[list[tuple[int, ...]]] = [[] for _ in probe_outs]
+    for batch, width in ((2, 9), (3, 14), (1, 5)):
+        feeds = {}
+        for p in inputs:
+            name = p.get_friendly_name()
+            if name == "attention_mask":
+                lengths = rng.integers(2, width + 1, size=batch)
+                lengths[0] = width
+                value = (np.arange(width)[None, :] < lengths[:, None])
+            elif name == "input_ids":
+                value = rng.integers(5, 100, size=(batch, width))
+            else:
+                value = np.zeros((batch, width))
+            feeds[name] = value.astype(p.get_element_type().to_dtype())
+        got = compiled(feeds)
+        for i, out in enumerate(compiled.outputs):
+            shapes[i].append(tuple(got[out].shape))
+    state_shapes = dict(zip(names, shapes[len(leaks):]))
+    by_name = {p.get_friendly_name(): p for p in params}
+    for leak, seen_shapes in zip(leaks, shapes):
+        twin = next((n for n in names if state_shapes[n] == seen_shapes), None)
+        if twin is not None:
+            leak.input(0).replace_source_output(by_name[twin].output(0))
 
 
 def _parameters(results: list[Any]) -> set[str]:

@@ -117,6 +117,7 @@ def make_eliminating(model: Any, schedule: list[float]):
                 h = base.embeddings_project(h)
             mask = attention_mask.to(h.dtype)
             lengths = mask.sum(1)  # each text's own token count: what its shares are of
+            width = int(h.shape[-1])
             states = {}
             for i, layer in enumerate(base.encoder.layer):
                 ext = (1.0 - mask)[:, None, None, :] * torch.finfo(h.dtype).min
@@ -132,7 +133,9 @@ def make_eliminating(model: Any, schedule: list[float]):
                 keep = torch.clamp(torch.ceil(lengths * self.schedule[i]), min=1.0)
                 k = keep.max().to(torch.int64)
                 top = torch.topk(score, k, dim=1, largest=True, sorted=True).indices
-                h = torch.gather(h, 1, top.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+                # the width as a number, not h's traced shape: a cut after this layer (early exit on top) must not
+                # reach back into the layers before it for a size (OpenVINO resolves that shape through them)
+                h = torch.gather(h, 1, top.unsqueeze(-1).expand(-1, -1, width))
                 rank = torch.arange(top.shape[1], device=h.device)[None, :].to(h.dtype)
                 mask = torch.gather(mask, 1, top) * (rank < keep[:, None]).to(h.dtype)
                 states[i + 1] = (h, mask)

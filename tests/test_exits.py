@@ -404,6 +404,16 @@ def both_artifact(fine_tuned, tmp_path_factory):
 BOTH_SCHEDULE = "0.7,0.5,0.35"
 
 
+def _op_count(path: Path, op: str) -> int:
+    if path.suffix == ".onnx":
+        import onnx
+
+        return sum(n.op_type == op for n in onnx.load(str(path)).graph.node)
+    import openvino as ov
+
+    return sum(n.get_type_name() == op for n in ov.Core().read_model(str(path)).get_ops())
+
+
 def _pytorch_both(folder: Path, texts: list[str]) -> dict[str, np.ndarray]:
     """The folder's graph module in PyTorch (tokens eliminated, off-ramps on the kept tokens): every output by name."""
     import torch
@@ -432,6 +442,10 @@ def test_exits_and_token_elimination_run_together(both_artifact, fine_tuned, rec
     assert manifest["tokens"]["schedule"] == [0.7, 0.5, 0.35] and manifest["exits"]["layers"] == [1, 2, 3]
     segs = manifest["backends"][backend]["segments"]
     assert all({s["hidden_in"], s["mask_in"]} <= set(s["inputs"]) for s in segs[1:])
+    # each segment runs its own layers only: none reaches back to the texts' ids (the layers before it) for a shape,
+    # and each eliminates once (its own layer's TopK; the last none)
+    assert all("input_ids" not in s["inputs"] for s in segs[1:]), [s["inputs"] for s in segs]
+    assert [_op_count(art / s["model"], "TopK") for s in segs] == [1, 1, 1, 0]
     model = load(art, backend=backend)
     every = model.encode(texts)
     ref = _pytorch_both(folder, texts)
