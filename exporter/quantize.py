@@ -60,13 +60,20 @@ class BuildContext:
 
 
 def _scoped(ctx: BuildContext, graph: Path) -> list[str]:
-    """Names of the ops under ctx.float_scope in an ONNX graph (none without a scope)."""
+    """Names of the ops under ctx.float_scope in an ONNX graph (none without a scope). ONNX Runtime's dynamic quantizer
+    first rewrites each Gemm as `{name}_MatMul` + `{name}_Add` (and `{name}_Transpose`), so those names are excluded
+    too: by its own name alone an off-ramp's Gemm would be quantized."""
     if not ctx.float_scope:
         return []
     import onnx
 
-    return [n.name for n in onnx.load(str(graph), load_external_data=False).graph.node
-            if n.name.startswith(ctx.float_scope)]
+    names = []
+    for n in onnx.load(str(graph), load_external_data=False).graph.node:
+        if n.name.startswith(ctx.float_scope):
+            names.append(n.name)
+            if n.op_type == "Gemm":
+                names += [f"{n.name}_MatMul", f"{n.name}_Add", f"{n.name}_Transpose"]
+    return names
 
 
 def _ort_source(ctx: BuildContext) -> Path:

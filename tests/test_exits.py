@@ -143,6 +143,25 @@ def test_texts_leave_the_batch_at_their_off_ramp(exit_artifact, exit_folder, rec
         assert max(counting[0].widths) >= max(counting[1].widths or [0])
 
 
+def test_off_ramps_stay_float_under_int8_dynamic(exit_artifact, exit_folder):
+    """ONNX Runtime's dynamic quantizer renames each Gemm before it quantizes: the off-ramps (Gemms on the first token)
+    must still be left float, and decide as the fp32 artifact's do."""
+    import onnx
+
+    art = exit_artifact("int8-dynamic")
+    manifest = json.loads((art / "manifest.json").read_text())
+    quantized = ("MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QLinearMatMul")
+    for seg in manifest["backends"]["onnxruntime"]["segments"]:
+        nodes = onnx.load(str(art / seg["model"])).graph.node
+        assert any(n.op_type in quantized for n in nodes)  # the backbone is int8 …
+        assert not [n.name for n in nodes if "/exits/" in n.name and n.op_type in quantized]  # … its off-ramps not
+    texts = _test_texts(exit_folder[1])
+    got = load(art, backend="onnxruntime").encode(texts)
+    ref = load(exit_artifact("fp32"), backend="onnxruntime").encode(texts)
+    for k in (1, 2, 3):
+        assert (got[f"exit{k}_logits"].argmax(-1) == ref[f"exit{k}_logits"].argmax(-1)).mean() >= 0.9
+
+
 def test_exits_false_runs_every_layer(exit_artifact, exit_folder):
     model = load(exit_artifact("fp32"))
     texts = _test_texts(exit_folder[1])[:40]
