@@ -54,28 +54,35 @@ def build(clf: Path, exits: Path, dev: Path, test: Path) -> tuple[dict[str, tupl
             if res.returncode != 0:
                 raise SystemExit(res.stderr[-2000:])
         variants[f"dense {recipe} ({label})"] = (dense, backend)
-        art = WORK / f"exits-{recipe}-{backend}"
-        if not (art / "manifest.json").exists():
-            # each backend's rule calibrated on its own segments, on dev (the folder's rule is PyTorch fp32's)
-            res = _cli(["export", str(exits), "--recipe", recipe, "--backends", backend, "--eval-data", str(test),
-                        "--exit-calibration", str(dev), "--out", str(art), "--force"])
-            name = f"early exit {recipe} ({label})"
-            if res.returncode == 4:  # the gate refused it: measured anyway where only the exit limit failed
-                refused[name] = res.stderr.strip().splitlines()[-1]
-                res = _cli(["export", str(exits), "--recipe", recipe, "--backends", backend, "--eval-data",
-                            str(test), "--exit-calibration", str(dev), "--max-accuracy-drop", "99%", "--out", str(art),
-                            "--force"])
-                if res.returncode == 4:  # the chain itself misses PyTorch: nothing to measure
-                    refused[name] = res.stderr.strip().splitlines()[-1]
-                    continue
-            if res.returncode != 0:
-                raise SystemExit(res.stderr[-2000:])
-            if name in refused:  # a later run with the artifact cached still reports the refusal
-                (art / "refused.txt").write_text(refused[name] + "\n")
-        elif (art / "refused.txt").exists():
-            refused[f"early exit {recipe} ({label})"] = (art / "refused.txt").read_text().strip()
-        variants[f"early exit {recipe} ({label})"] = (art, backend)
+        art, name = WORK / f"exits-{recipe}-{backend}", f"early exit {recipe} ({label})"
+        if _exit_export(exits, art, name, recipe, backend, dev, test, refused):
+            variants[name] = (art, backend)
     return variants, refused
+
+
+def _exit_export(folder: Path, art: Path, name: str, recipe: str, backend: str, dev: Path, test: Path,
+                 refused: dict[str, str]) -> bool:
+    """Export an early-exit folder (each backend's rule calibrated on its own segments on dev; gated on test) unless
+    cached. One the gate refuses at the calibrated limit is exported again with the limit lifted, measured, and
+    reported in `refused` (also on later runs: refused.txt beside it). False: nothing to measure (the chain itself
+    misses PyTorch)."""
+    if not (art / "manifest.json").exists():
+        args = ["export", str(folder), "--recipe", recipe, "--backends", backend, "--eval-data", str(test),
+                "--exit-calibration", str(dev), "--out", str(art), "--force"]
+        res = _cli(args)
+        if res.returncode == 4:
+            refused[name] = res.stderr.strip().splitlines()[-1]
+            res = _cli(args + ["--max-accuracy-drop", "99%"])
+            if res.returncode == 4:
+                refused[name] = res.stderr.strip().splitlines()[-1]
+                return False
+        if res.returncode != 0:
+            raise SystemExit(res.stderr[-2000:])
+        if name in refused:
+            (art / "refused.txt").write_text(refused[name] + "\n")
+    elif (art / "refused.txt").exists():
+        refused[name] = (art / "refused.txt").read_text().strip()
+    return True
 
 
 def build_tokens(clf: Path, train: Path, dev: Path, test: Path, steps: int) -> dict[str, tuple[Path, str]]:
@@ -121,24 +128,8 @@ def build_both(train: Path, dev: Path, test: Path) -> tuple[dict[str, tuple[Path
     variants, refused = {}, {}
     for recipe, backend, label in RECIPES:
         art, name = WORK / f"both-{recipe}-{backend}", f"both {recipe} ({label})"
-        if not (art / "manifest.json").exists():
-            args = ["export", str(both), "--recipe", recipe, "--backends", backend, "--eval-data", str(test),
-                    "--exit-calibration", str(dev), "--out", str(art), "--force"]
-            res = _cli(args)
-            if res.returncode == 4:  # refused at the calibrated limit: measured with the limit lifted, reported so
-                refused[name] = res.stderr.strip().splitlines()[-1]
-                res = _cli(args + ["--max-accuracy-drop", "99%"])
-                if res.returncode == 4:
-                    refused[name] = res.stderr.strip().splitlines()[-1]
-                    continue
-            if res.returncode != 0:
-                _log(f"{name}: refused: {res.stderr.strip().splitlines()[-1]}")
-                continue
-            if name in refused:  # a later run with the artifact cached still reports the refusal
-                (art / "refused.txt").write_text(refused[name] + "\n")
-        elif (art / "refused.txt").exists():
-            refused[name] = (art / "refused.txt").read_text().strip()
-        variants[name] = (art, backend)
+        if _exit_export(both, art, name, recipe, backend, dev, test, refused):
+            variants[name] = (art, backend)
     return variants, refused
 
 

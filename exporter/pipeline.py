@@ -444,16 +444,14 @@ def _reference_logits(source: load_stage.Source, texts: list[str], pairs: list[s
     schedule, if it has one): what the exits are judged against."""
     import torch
 
+    from .exits import layer_states
+
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), 32):
             enc = source.tokenizer(texts[i:i + 32], pairs[i:i + 32] if pairs else None, padding=True, truncation=True,
                                    max_length=source.max_length, return_tensors="pt")
-            feeds = {k: enc[k] for k in source.family.inputs}
-            if source.tokens is not None:
-                out.append(source.tokens.logits(source.tokens.encode(**feeds)[0]))
-            else:
-                out.append(source.model(**feeds).logits)
+            out.append(layer_states(source, {k: enc[k] for k in source.family.inputs})[2])
     return torch.cat(out).numpy()
 
 

@@ -90,7 +90,7 @@ def cut_openvino(xml: Path, layers: Sequence[int], out_dir: Path, total: int,
         results = {name: r for r in model.get_results() for name in r.input_value(0).get_names()}
         params: list[Any] = []
         sources = {name: results[name].input_value(0) for name in _state(seg, "in")}
-        before = _upstream([out.get_node() for out in sources.values()])  # what the segments before compute
+        before = set(_upstream([out.get_node() for out in sources.values()]))  # what the segments before compute
         for name, source in sources.items():  # the state handed over: a new Parameter its consumers read instead
             state = ov.opset13.parameter(source.get_partial_shape(), source.get_element_type(), name=name)
             state.output(0).set_names({name})
@@ -111,13 +111,14 @@ def cut_openvino(xml: Path, layers: Sequence[int], out_dir: Path, total: int,
     return segments
 
 
-def _upstream(nodes: list[Any]) -> set[str]:
-    """The (unique) names of `nodes` and every node they depend on."""
-    seen, stack = set(), list(nodes)
+def _upstream(nodes: list[Any]) -> dict[str, Any]:
+    """`nodes` and every node they depend on, by (unique) name."""
+    seen: dict[str, Any] = {}
+    stack = list(nodes)
     while stack:
         node = stack.pop()
         if node.get_name() not in seen:
-            seen.add(node.get_name())
+            seen[node.get_name()] = node
             stack += [value.get_node() for value in node.input_values()]
     return seen
 
@@ -179,15 +180,4 @@ def _reshape_from_state(core: Any, originals: list[Any], wanted: list[Any], befo
 
 def _parameters(results: list[Any]) -> set[str]:
     """The (unique) names of the Parameter nodes the results depend on."""
-    seen, found, stack = set(), set(), list(results)
-    while stack:
-        node = stack.pop()
-        key = node.get_name()
-        if key in seen:
-            continue
-        seen.add(key)
-        if node.get_type_name() == "Parameter":
-            found.add(key)
-            continue
-        stack += [value.get_node() for value in node.input_values()]
-    return found
+    return {name for name, node in _upstream(results).items() if node.get_type_name() == "Parameter"}
